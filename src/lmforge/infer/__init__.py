@@ -1,0 +1,1 @@
+"""Inference: sampling and KV-cached generation (used by the CLI and, later, the server)."""

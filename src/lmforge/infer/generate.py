@@ -1,0 +1,227 @@
+"""Autoregressive generation with a KV cache.
+
+x_{t+1} ~ p(. | x_<=t): the prompt runs once through the model (prefill) and fills the cache; each
+decode step then feeds one new token per sequence and attends over the cached keys and values.
+Prompts of different lengths are left-padded, with an attention mask over the padding and positions
+that start at 0 on each sequence's first real token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lmforge.errors import LmforgeError
+from lmforge.infer.sampling import GenerationConfig, next_token
+from lmforge.models.gpt import GPT
+from lmforge.tokenizer.core import Tokenizer
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (eos or a stop string) or "length"
+    prompt_tokens: int
+
+
+def fit_prompts(prompts: list[list[int]], cfg: GenerationConfig, max_seq_len: int) -> list[list[int]]:
+    """Check that prompt + max_new_tokens fits the context window, or cut prompts from the left."""
+    if any(len(p) == 0 for p in prompts):
+        raise LmforgeError("empty prompt: give at least one token (e.g. the tokenizer's bos token)")
+    budget = max_seq_len - cfg.max_new_tokens
+    if budget < 1:
+        raise LmforgeError(
+            f"max_new_tokens={cfg.max_new_tokens} leaves no room in the {max_seq_len}-token context"
+        )
+    longest = max(len(p) for p in prompts)
+    if longest <= budget:
+        return prompts
+    if cfg.truncate == "left":
+        return [p[-budget:] for p in prompts]
+    raise LmforgeError(
+        f"a prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} exceeds the model's context "
+        f"window of {max_seq_len} tokens; shorten it, lower max_new_tokens, "
+        "or use truncate='left' (--truncate)"
+    )
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: GPT,
+    prompts: list[list[int]],
+    cfg: GenerationConfig,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (tokens (B,), finished (B,)) once per step; ``finished`` marks rows done before this step.
+
+    Rows that finished (eos) keep receiving ``pad_id``; the loop ends when all rows are done or after
+    ``cfg.max_new_tokens`` steps. Break out of the iterator to stop early.
+    """
+    prompts = fit_prompts(prompts, cfg, model.config.max_seq_len)
+    device = model.lm_head.weight.device
+    b, p_len = len(prompts), max(len(p) for p in prompts)
+    total = p_len + cfg.max_new_tokens
+    history = torch.full((b, total), pad_id, dtype=torch.long)
+    key_valid = torch.ones((b, total), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        history[i, p_len - len(p) :] = torch.tensor(p, dtype=torch.long)
+        history[i, : p_len - len(p)] = p[0]  # padding repeats a real token: the penalty's set is unchanged
+        key_valid[i, : p_len - len(p)] = False
+    history, key_valid = history.to(device), key_valid.to(device)
+    padded = not bool(key_valid[:, :p_len].all())
+    positions = (key_valid[:, :p_len].cumsum(dim=1) - 1).clamp(min=0)
+    generator = None
+    if cfg.seed is not None and not cfg.greedy:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    cache = model.new_cache(b, total)
+    logits = model(
+        history[:, :p_len],
+        positions=positions,
+        key_valid=key_valid[:, :p_len] if padded else None,
+        cache=cache,
+        last_only=True,
+    )[:, -1]
+    pos = positions[:, -1:]
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    use_eos = eos_id is not None
+    for step in range(cfg.max_new_tokens):
+        t = p_len + step
+        token = next_token(logits, cfg, history[:, :t], generator)
+        if use_eos:
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+        yield token, finished
+        if use_eos:
+            finished = finished | (token == eos_id)
+            if bool(finished.all()):
+                return
+        if step == cfg.max_new_tokens - 1:
+            return
+        history[:, t] = token
+        pos = pos + 1
+        logits = model(
+            token[:, None],
+            positions=pos,
+            key_valid=key_valid[:, : t + 1] if padded else None,
+            cache=cache,
+            last_only=True,
+        )[:, -1]
+
+
+def generate_ids(
+    model: GPT, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int | None = None
+) -> list[list[int]]:
+    """New token ids for each prompt (eos not included)."""
+    eos = eos_id if cfg.stop_at_eos else None
+    out: list[list[int]] = [[] for _ in prompts]
+    for tokens, finished in decode_steps(model, prompts, cfg, eos):
+        for i, (tok, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
+            if not done and tok != eos:
+                out[i].append(tok)
+    return out
+
+
+class _TextTracker:
+    """One row's new tokens, decoded incrementally: finds stop strings and hands out clean text deltas."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.finish_reason: str | None = None
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+        if cut >= 0:
+            self.finish_reason = "stop"
+            return self._emit(text[:cut])
+        # Hold back a tail that may grow into a stop string, and an incomplete UTF-8 character.
+        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return self._emit(text[: len(text) - hold].rstrip("\ufffd"))
+
+    def flush(self) -> str:
+        return "" if self.finish_reason == "stop" else self._emit(self.tokenizer.decode(self.ids))
+
+    def _emit(self, visible: str) -> str:
+        if not visible.startswith(self.emitted):  # an earlier character changed on decoding: wait
+            return ""
+        delta, self.emitted = visible[len(self.emitted) :], visible
+        return delta
+
+
+def _encode_prompts(tokenizer: Tokenizer, prompts: list[str]) -> list[list[int]]:
+    encoded = []
+    for text in prompts:
+        ids = tokenizer.encode(text)
+        if not ids and tokenizer.bos_id is not None:
+            ids = [tokenizer.bos_id]
+        encoded.append(ids)
+    return encoded
+
+
+def _run_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    encoded: list[list[int]],
+    cfg: GenerationConfig,
+    trackers: list[_TextTracker],
+) -> Iterator[tuple[int, str]]:
+    eos = tokenizer.eos_id if cfg.stop_at_eos else None
+    for tokens, finished in decode_steps(model, encoded, cfg, eos):
+        for i, (tok, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
+            tr = trackers[i]
+            if done or tr.finish_reason:
+                continue
+            if tok == eos:
+                tr.finish_reason = "stop"
+                continue
+            delta = tr.add(tok)
+            if delta:
+                yield i, delta
+        if all(tr.finish_reason for tr in trackers):
+            break
+    for i, tr in enumerate(trackers):
+        delta = tr.flush()
+        tr.finish_reason = tr.finish_reason or "length"
+        if delta:
+            yield i, delta
+
+
+def stream_batch(
+    model: GPT, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig | None = None, **kwargs
+) -> Iterator[tuple[int, str]]:
+    """Yield (row, text delta) as tokens arrive; a stop string ends its row and is not emitted."""
+    cfg = cfg or GenerationConfig(**kwargs)
+    trackers = [_TextTracker(tokenizer, cfg.stop) for _ in prompts]
+    yield from _run_text(model, tokenizer, _encode_prompts(tokenizer, prompts), cfg, trackers)
+
+
+def complete(
+    model: GPT, tokenizer: Tokenizer, prompts: list[str], cfg: GenerationConfig | None = None, **kwargs
+) -> list[Completion]:
+    """Complete each prompt; returns text, token ids and why each one stopped."""
+    cfg = cfg or GenerationConfig(**kwargs)
+    encoded = _encode_prompts(tokenizer, prompts)
+    trackers = [_TextTracker(tokenizer, cfg.stop) for _ in prompts]
+    for _ in _run_text(model, tokenizer, encoded, cfg, trackers):
+        pass
+    return [
+        Completion(text=tr.emitted, token_ids=tr.ids, finish_reason=tr.finish_reason, prompt_tokens=len(ids))
+        for tr, ids in zip(trackers, encoded)
+    ]
+
+
+def generate(
+    model: GPT, tokenizer: Tokenizer, prompt: str | list[str], cfg: GenerationConfig | None = None, **kwargs
+) -> str | list[str]:
+    """Continue ``prompt`` (a string or a list of strings); keyword arguments fill a GenerationConfig."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    texts = [c.text for c in complete(model, tokenizer, prompts, cfg, **kwargs)]
+    return texts[0] if isinstance(prompt, str) else texts

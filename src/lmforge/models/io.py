@@ -1,0 +1,144 @@
+"""The lmforge model folder: ``config.json`` + ``model.safetensors`` + the tokenizer files.
+
+Loading is strict: a missing, unexpected or mis-shaped tensor is an error that lists them all, never a
+silent partial load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge.config import from_dict, to_dict
+from lmforge.errors import LmforgeError
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.tokenizer.core import Tokenizer
+
+FORMAT = "lmforge"
+ARCHITECTURES = {"gpt": (GPT, GPTConfig)}
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
+    """Raise naming every missing, unexpected and mis-shaped tensor of ``got`` against ``expected``."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(got))
+        if tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {'; '.join(shapes)}")
+    if problems:
+        raise LmforgeError(f"{source} does not fit the model: " + " | ".join(problems))
+
+
+def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The state dict without the tied duplicate (``lm_head.weight`` is ``tok_emb.weight``)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LmforgeError(f"{path}: cannot read safetensors ({e})") from None
+
+
+def atomic_directory(out_dir: str | Path):
+    """Write into a temporary sibling folder, then rename it into place (a crash leaves no half folder)."""
+
+    class _Atomic:
+        def __enter__(self) -> Path:
+            self.final = Path(out_dir)
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp", dir=self.final.parent))
+            return self.tmp
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return
+            old = None
+            if self.final.exists():
+                old = self.final.with_name(f".{self.final.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    return _Atomic()
+
+
+def save_model(
+    model: GPT, tokenizer: Tokenizer | None, out_dir: str | Path, extra: dict | None = None
+) -> Path:
+    """Write a model folder atomically; ``extra`` lands in config.json (e.g. training provenance)."""
+    with atomic_directory(out_dir) as tmp:
+        meta = {"format": FORMAT, "architecture": "gpt", "model": to_dict(model.config), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        save_file(model_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return Path(out_dir)
+
+
+def read_model_config(model_dir: str | Path) -> GPTConfig:
+    d = Path(model_dir)
+    path = d / "config.json"
+    if not path.is_file():
+        raise LmforgeError(f"{d}: not an lmforge model folder (no config.json)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LmforgeError(f"{path}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        hint = (
+            " (a Hugging Face checkpoint? convert it with `lmforge convert --from-hf`)"
+            if "model_type" in meta
+            else ""
+        )
+        raise LmforgeError(f"{path}: not an lmforge model config{hint}")
+    arch = meta.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise LmforgeError(f"{path}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    return from_dict(ARCHITECTURES[arch][1], meta["model"], "model")
+
+
+def load_model(
+    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[GPT, Tokenizer | None]:
+    """Load (model, tokenizer) from an lmforge model folder; the model is in eval mode."""
+    d = Path(model_dir)
+    config = read_model_config(d)
+    with torch.device("meta"):
+        model = GPT(config)
+    state = read_safetensors(d / "model.safetensors")
+    check_state_dict(model_state_dict(model), state, str(d / "model.safetensors"))
+    model = model.to_empty(device=device)
+    model.load_state_dict(state, strict=False, assign=False)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    if model.rope is not None:  # non-persistent buffers are not in the file: rebuild them
+        model.rope.reset_tables(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    has_tok = (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()
+    tokenizer = Tokenizer.load(d) if has_tok else None
+    return model.eval(), tokenizer

@@ -1,0 +1,249 @@
+"""Transformer building blocks, each written to read like its equation.
+
+Shapes: ``B`` batch, ``T`` query length, ``S`` key length, ``H`` query heads, ``G`` key/value heads
+(grouped-query attention shares each K/V head among ``H // G`` query heads), ``D`` head dimension.
+Boolean masks are ``True`` where attention is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------------
+# Attention
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V, transcribed literally (the tests' reference; slow on purpose)."""
+    d_k = q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False
+) -> Tensor:
+    """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, G, S, D) -> (B, G * n_rep, S, D): each key/value head serves ``n_rep`` query heads."""
+    if n_rep == 1:
+        return x
+    b, g, s, d = x.shape
+    return x[:, :, None].expand(b, g, n_rep, s, d).reshape(b, g * n_rep, s, d)
+
+
+def causal_mask(t: int, s: int, offset: int | Tensor = 0, device: torch.device | None = None) -> Tensor:
+    """(T, S) mask: query i (at absolute position offset + i) sees keys 0..offset + i."""
+    q_pos = torch.arange(t, device=device)[:, None] + offset
+    return torch.arange(s, device=device)[None, :] <= q_pos
+
+
+def attention_mask(key_valid: Tensor, t: int, offset: int | Tensor = 0) -> Tensor:
+    """(B, 1, T, S) mask combining causality with a padding mask ``key_valid`` of shape (B, S).
+
+    A query whose every key is masked (a padding position) is allowed to see all keys instead, so the
+    softmax stays finite; its output is never used.
+    """
+    allowed = causal_mask(t, key_valid.size(1), offset, key_valid.device)[None] & key_valid[:, None, :]
+    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+    return allowed[:, None]
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for ``max_len`` positions.
+
+    Decode step t writes one new key/value per layer and attends over the ``t`` stored ones, so a step
+    costs O(t) rather than re-running the whole prefix. Two ways to index it:
+
+    - ``update(layer, k, v)`` with ``self.length`` (a Python int): writes at ``length`` and returns the
+      filled prefix; the eager path, cheapest on CPU.
+    - ``update(layer, k, v, index)`` with a tensor of positions: writes there and returns the whole
+      buffer (the caller masks unwritten slots); every shape stays fixed, which CUDA graphs need.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if index is not None:
+            self.k[layer].index_copy_(2, index, k)
+            self.v[layer].index_copy_(2, index, v)
+            return self.k[layer], self.v[layer]
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention: heads_i = Attention(X W_q^i, X W_k^i, X W_v^i).
+
+    One fused projection computes Q, K and V; ``n_kv_head < n_head`` gives grouped-query attention.
+    """
+
+    def __init__(
+        self, d_model: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0
+    ):
+        super().__init__()
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+        self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias)
+        self.proj = nn.Linear(n_head * head_dim, d_model, bias=bias)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        cache_index: Tensor | None = None,
+    ) -> Tensor:
+        b, t, _ = x.shape
+        h, g, d = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([h * d, g * d, g * d], dim=-1)
+        q = q.view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, t, g, d).transpose(1, 2)  # (B, G, T, D)
+        v = v.view(b, t, g, d).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v, cache_index)
+        k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
+        is_causal = mask is None and cache is None and t > 1
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+        return self.proj(y.transpose(1, 2).reshape(b, t, h * d))
+
+
+# --------------------------------------------------------------------------------------------------
+# Positions
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE: rotate each (x_i, x_{i+D/2}) pair by angle pos * theta^(-2i/D).
+
+    Rotating q and k makes q·k depend only on their relative position. cos/sin are tabulated once for
+    ``max_seq_len`` positions (in fp32, then cast with the model like any buffer).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.reset_tables()
+
+    def reset_tables(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the tables, e.g. after building the model on the meta device."""
+        d = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, D)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin for ``positions`` (B, T), shaped (B, 1, T, D) to broadcast over heads."""
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x ⊙ cos + rotate_half(x) ⊙ sin: the 2-D rotation applied to every pair of channels."""
+    return x * cos + rotate_half(x) * sin
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation and feed-forward
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g (computed in fp32: the mean of squares overflows in fp16)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
+    """LayerNorm y = (x - mean) / sqrt(var + eps) * g + b, or RMSNorm."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; expected 'layernorm' or 'rmsnorm'")
+
+
+class GeluMLP(nn.Module):
+    """FFN(x) = GELU(x W_1 + b_1) W_2 + b_2 (GPT-2, BERT)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool, approximate: str = "tanh"):
+        super().__init__()
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = (SiLU(x W_gate) ⊙ x W_up) W_down (Llama); gate and up share one fused matmul."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x = x + Attn(Norm(x)); x = x + FFN(Norm(x))."""
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module):
+        super().__init__()
+        self.attn_norm, self.attn = attn_norm, attn
+        self.mlp_norm, self.mlp = mlp_norm, mlp
+
+    def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), **attn_kwargs)
+        return x + self.mlp(self.mlp_norm(x))

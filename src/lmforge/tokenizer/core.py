@@ -1,0 +1,106 @@
+"""A thin wrapper over a Hugging Face ``tokenizers.Tokenizer`` that knows its special tokens.
+
+On disk a tokenizer is the standard pair ``tokenizer.json`` + ``tokenizer_config.json``, so
+``transformers.AutoTokenizer`` / ``PreTrainedTokenizerFast`` load the same folder unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from lmforge.errors import LmforgeError
+
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def _token_content(value: object) -> str | None:
+    """tokenizer_config.json stores a special token as a string or as an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class Tokenizer:
+    """Text <-> ids, with the special tokens a language model needs (bos/eos/pad/unk)."""
+
+    def __init__(self, backend: HFTokenizer, special_tokens: dict[str, str | None] | None = None):
+        self.backend = backend
+        self.special_tokens = {role: None for role in SPECIAL_ROLES}
+        for role, tok in (special_tokens or {}).items():
+            if tok is not None and backend.token_to_id(tok) is None:
+                raise LmforgeError(f"special token {role}={tok!r} is not in the tokenizer's vocabulary")
+            self.special_tokens[role] = tok
+
+    def _id(self, role: str) -> int | None:
+        tok = self.special_tokens.get(role)
+        return None if tok is None else self.backend.token_to_id(tok)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._id("bos_token")
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._id("eos_token")
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._id("pad_token")
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._id("unk_token")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(d / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1_000_000_000,
+            **{role: tok for role, tok in self.special_tokens.items() if tok is not None},
+        }
+        (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
+        """Load ``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``) and the special tokens."""
+        d = Path(directory)
+        if (d / "tokenizer.json").is_file():
+            try:
+                backend = HFTokenizer.from_file(str(d / "tokenizer.json"))
+            except Exception as e:
+                raise LmforgeError(f"{d / 'tokenizer.json'}: not a valid tokenizers file ({e})") from None
+        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            backend = HFTokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+        else:
+            raise LmforgeError(f"{d}: no tokenizer.json (nor vocab.json + merges.txt) found")
+        special: dict[str, str | None] = {}
+        cfg_path = d / "tokenizer_config.json"
+        if cfg_path.is_file():
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            for role in SPECIAL_ROLES:
+                tok = _token_content(cfg.get(role))
+                if tok is not None and backend.token_to_id(tok) is not None:
+                    special[role] = tok
+        return cls(backend, special)

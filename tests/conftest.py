@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny random-weight transformers checkpoints (no downloads) and a small tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = SHARED / "data"
+    if not d.is_dir():
+        pytest.skip(f"shared data not found at {d} (set LMFORGE_SHARED)")
+    return d
+
+
+def corpus_text() -> str:
+    """English prose that ships with every CPython: the reference manual's topics (PSF licence)."""
+    import pydoc_data.topics
+
+    return "\n\n".join(pydoc_data.topics.topics.values())
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer (vocab 300) trained in-process, with bos/eos/pad/unk."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from lmforge.tokenizer.core import Tokenizer
+
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([corpus_text()[:200_000]], trainer)
+    roles = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>", "unk_token": "<|unk|>"}
+    return Tokenizer(backend, roles)
+
+
+def _save_hf(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2_dir(tmp_path_factory, bpe_tokenizer) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=bpe_tokenizer.vocab_size,
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=bpe_tokenizer.bos_id,
+        eos_token_id=bpe_tokenizer.eos_id,
+    )
+    return _save_hf(GPT2LMHeadModel(cfg).eval(), bpe_tokenizer, tmp_path_factory.mktemp("hf") / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def hf_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=bpe_tokenizer.vocab_size,
+        max_position_embeddings=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        bos_token_id=bpe_tokenizer.bos_id,
+        eos_token_id=bpe_tokenizer.eos_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF initialises norms to 1: randomise them so the test sees their weights
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return _save_hf(model, bpe_tokenizer, tmp_path_factory.mktemp("hf") / "llama")
+
+
+@pytest.fixture(scope="session")
+def lmf_gpt2_dir(tmp_path_factory, hf_gpt2_dir) -> Path:
+    from lmforge.hf.convert import from_hf
+
+    return from_hf(hf_gpt2_dir, tmp_path_factory.mktemp("lmf") / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def lmf_llama_dir(tmp_path_factory, hf_llama_dir) -> Path:
+    from lmforge.hf.convert import from_hf
+
+    return from_hf(hf_llama_dir, tmp_path_factory.mktemp("lmf") / "llama")
