@@ -68,6 +68,7 @@ def hf_gpt2_dir(tmp_path_factory, bpe_tokenizer) -> Path:
         n_head=4,
         bos_token_id=bpe_tokenizer.bos_id,
         eos_token_id=bpe_tokenizer.eos_id,
+        initializer_range=0.3,  # large weights: well-separated logits, so greedy has no near-ties
     )
     return _save_hf(GPT2LMHeadModel(cfg).eval(), bpe_tokenizer, tmp_path_factory.mktemp("hf") / "gpt2")
 
@@ -88,6 +89,7 @@ def hf_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
         rope_theta=10000.0,
         bos_token_id=bpe_tokenizer.bos_id,
         eos_token_id=bpe_tokenizer.eos_id,
+        initializer_range=0.3,  # large weights: well-separated logits, so greedy has no near-ties
     )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # HF initialises norms to 1: randomise them so the test sees their weights

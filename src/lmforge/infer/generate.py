@@ -69,7 +69,7 @@ def decode_steps(
     history = torch.full((b, total), pad_id, dtype=torch.long)
     key_valid = torch.ones((b, total), dtype=torch.bool)
     for i, p in enumerate(prompts):
-        history[i, p_len - len(p) :] = torch.tensor(p, dtype=torch.long)
+        history[i, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
         history[i, : p_len - len(p)] = p[0]  # padding repeats a real token: the penalty's set is unchanged
         key_valid[i, : p_len - len(p)] = False
     history, key_valid = history.to(device), key_valid.to(device)

@@ -136,7 +136,7 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v, cache_index)
         k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        is_causal = mask is None and cache is None and t > 1
+        is_causal = mask is None and t > 1  # no explicit mask: keys are exactly the T queries' own positions
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, h * d))

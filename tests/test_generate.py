@@ -1,0 +1,127 @@
+"""Generation: cached greedy == uncached greedy == transformers' greedy, token for token."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+from lmforge.infer.generate import complete, decode_steps, generate, generate_ids, stream_batch
+from lmforge.infer.sampling import GenerationConfig, apply_repetition_penalty, top_k_filter, top_p_filter
+from lmforge.models.io import load_model
+
+FAMILIES = [("hf_gpt2_dir", "lmf_gpt2_dir"), ("hf_llama_dir", "lmf_llama_dir")]
+PROMPTS = [[5, 17, 42, 99, 7, 250, 3], [11, 12], [200, 150, 100, 50, 25]]
+NEW = 24
+
+
+def uncached_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Re-run the whole sequence every step: the definition that the KV cache must reproduce."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+def hf_greedy(hf, prompts: list[list[int]], n: int, pad: int) -> list[list[int]]:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    hf.generation_config.eos_token_id = None
+    out = hf.generate(
+        ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad
+    )
+    return out[:, width:].tolist()
+
+
+@pytest.mark.parametrize(("hf_fixture", "lmf_fixture"), FAMILIES)
+def test_greedy_parity_cached_uncached_transformers(hf_fixture, lmf_fixture, request):
+    hf = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(hf_fixture)).eval()
+    model, _ = load_model(request.getfixturevalue(lmf_fixture))
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
+    expected = [uncached_greedy(model, p, NEW) for p in PROMPTS]
+    # one at a time, and as one left-padded batch
+    assert [generate_ids(model, [p], cfg)[0] for p in PROMPTS] == expected
+    assert generate_ids(model, PROMPTS, cfg) == expected
+    assert hf_greedy(hf, PROMPTS, NEW, pad=0) == expected
+    assert [hf_greedy(hf, [p], NEW, pad=0)[0] for p in PROMPTS] == expected
+
+
+def test_cache_makes_decode_steps_cost_one_token(lmf_gpt2_dir):
+    """Each decode step feeds the model one new token per row, whatever the prefix length."""
+    model, _ = load_model(lmf_gpt2_dir)
+    seen = []
+    hook = model.tok_emb.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    cfg = GenerationConfig(max_new_tokens=6, temperature=0, stop_at_eos=False)
+    list(decode_steps(model, [[1, 2, 3, 4, 5]], cfg))
+    hook.remove()
+    assert seen == [(1, 5)] + [(1, 1)] * 5
+
+
+def test_seeded_sampling_is_reproducible(lmf_llama_dir):
+    model, _ = load_model(lmf_llama_dir)
+    kw = dict(max_new_tokens=20, temperature=0.9, top_k=50, top_p=0.9, seed=7, stop_at_eos=False)
+    a, b = (
+        generate_ids(model, PROMPTS, GenerationConfig(**kw)),
+        generate_ids(model, PROMPTS, GenerationConfig(**kw)),
+    )
+    c = generate_ids(model, PROMPTS, GenerationConfig(**{**kw, "seed": 8}))
+    assert a == b and a != c
+
+
+def test_filters_match_their_definitions():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5, -1.0]])
+    assert torch.isinf(top_k_filter(logits, 2)).tolist() == [[True, False, False, True, True]]
+    p = logits.softmax(-1)[0]  # sorted: 3.0 (.60), 2.0 (.22), 1.0 (.08), ...
+    keep2 = float(p[1] + p[2])
+    assert torch.isinf(top_p_filter(logits, float(p[1]) - 1e-3)).tolist() == [[True, False, True, True, True]]
+    assert torch.isinf(top_p_filter(logits, keep2 - 1e-3)).tolist() == [[True, False, False, True, True]]
+    assert torch.isinf(top_p_filter(logits, keep2 + 1e-3)).tolist() == [[False, False, False, True, True]]
+    pen = apply_repetition_penalty(logits, torch.tensor([[1, 4, 4]]), 2.0)
+    assert pen.tolist() == [[1.0, 1.5, 2.0, 0.5, -2.0]]
+
+
+def test_repetition_penalty_matches_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = torch.randn(2, 50)
+    history = torch.randint(0, 50, (2, 12))
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    torch.testing.assert_close(apply_repetition_penalty(logits, history, 1.3), theirs)
+
+
+def test_stop_strings_eos_and_streaming(lmf_gpt2_dir):
+    model, tok = load_model(lmf_gpt2_dir)
+    free = complete(model, tok, ["The function"], max_new_tokens=30, temperature=0, stop_at_eos=False)[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 30
+    stop = free.text[5:8]
+    cut = complete(model, tok, ["The function"], max_new_tokens=30, temperature=0, stop=[stop])[0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
+    streamed = "".join(
+        d for _, d in stream_batch(model, tok, ["The function"], max_new_tokens=30, temperature=0)
+    )
+    assert streamed == generate(model, tok, "The function", max_new_tokens=30, temperature=0)
+    # eos ends a row: make eos the greedy choice by raising its logit
+    model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([tok.eos_id]), 1e4))
+    ended = complete(model, tok, ["The function"], max_new_tokens=10, temperature=0)[0]
+    assert ended.finish_reason == "stop" and ended.token_ids == [] and ended.text == ""
+
+
+def test_prompt_longer_than_context(lmf_gpt2_dir):
+    model, _ = load_model(lmf_gpt2_dir)
+    long = list(range(1, 121))  # context is 128
+    with pytest.raises(LmforgeError, match="exceeds the model's context window of 128"):
+        generate_ids(model, [long], GenerationConfig(max_new_tokens=10, temperature=0))
+    cut = generate_ids(model, [long], GenerationConfig(max_new_tokens=10, temperature=0, truncate="left"))
+    assert cut == generate_ids(model, [long[-118:]], GenerationConfig(max_new_tokens=10, temperature=0))
+
+
+def test_cli_generate(lmf_llama_dir, capsys):
+    args = ["generate", str(lmf_llama_dir), "--prompt", "x = ", "--max-new-tokens", "8", "--temperature", "0"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--stream"]) == 0
+    assert capsys.readouterr().out == plain
+    assert plain.startswith("x = ") and len(plain) > len("x = \n")
+    assert main([*args[:-2], "--temperature", "-1"]) == 2

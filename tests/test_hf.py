@@ -1,0 +1,109 @@
+"""Hugging Face interop: logits match to 1e-4 (fp32) both ways; bad checkpoints fail loudly."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from lmforge.cli import main
+from lmforge.errors import LmforgeError
+from lmforge.hf.convert import from_hf, to_hf
+from lmforge.models.io import load_model
+
+FAMILIES = ["hf_gpt2_dir", "hf_llama_dir"]
+
+
+def _ids(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (3, 40), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_matches_transformers_logits(family, request, tmp_path):
+    hf_dir = request.getfixturevalue(family)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    out = from_hf(hf_dir, tmp_path / "lmf")
+    model, tok = load_model(out)
+    x = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=0)
+    assert tok is not None and tok.eos_id is not None and tok.encode("def f(x):") == tok.encode("def f(x):")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_loads_in_transformers(family, request, tmp_path):
+    hf_dir = request.getfixturevalue(family)
+    lmf = from_hf(hf_dir, tmp_path / "lmf")
+    torch.manual_seed(3)
+    model, _ = load_model(lmf)
+    with torch.no_grad():  # perturb so the exported weights differ from the original ones
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    from lmforge.models.io import save_model
+    from lmforge.tokenizer.core import Tokenizer
+
+    save_model(model, Tokenizer.load(lmf), tmp_path / "lmf2")
+    # the CLI does the export
+    assert main(["convert", "--to-hf", str(tmp_path / "lmf2"), str(tmp_path / "back")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    x = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-4, rtol=0)
+    hf_tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "back")
+    ours = Tokenizer.load(lmf)
+    text = "for i in range(10):\n    print('héllo, 世界')"
+    assert hf_tok(text)["input_ids"] == ours.encode(text)
+    assert hf_tok.eos_token == "<|eos|>"
+
+
+def test_round_trip_is_exact(lmf_llama_dir, tmp_path):
+    to_hf(lmf_llama_dir, tmp_path / "hf")
+    from_hf(tmp_path / "hf", tmp_path / "again")
+    a = load_file(str(lmf_llama_dir / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_and_misshaped_tensors_are_named(hf_gpt2_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_gpt2_dir, bad)
+    sd = load_file(str(bad / "model.safetensors"))
+    del sd["transformer.h.1.mlp.c_fc.bias"]
+    sd["transformer.h.0.attn.c_proj.weight"] = torch.zeros(3, 3)
+    sd["transformer.extra.weight"] = torch.zeros(1)
+    save_file(sd, str(bad / "model.safetensors"))
+    with pytest.raises(LmforgeError) as e:
+        from_hf(bad, tmp_path / "out")
+    msg = str(e.value)
+    assert "transformer.h.1.mlp.c_fc.bias" in msg and "transformer.extra.weight" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_in_lmforge_folder(lmf_gpt2_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(lmf_gpt2_dir, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model"]["d_ff"] = 128
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        LmforgeError, match=r"shape mismatches: blocks\.0\.mlp\.fc\.bias: checkpoint \(256,\) vs model"
+    ):
+        load_model(bad)
+
+
+def test_corrupt_checkpoint_is_an_error(lmf_gpt2_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(lmf_gpt2_dir, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LmforgeError, match="cannot read safetensors"):
+        load_model(bad)
+    assert main(["generate", str(bad), "--prompt", "x"]) == 2
+
+
+def test_unsupported_config_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(LmforgeError, match="model_type 'bert' is not supported"):
+        from_hf(tmp_path, tmp_path / "out")
