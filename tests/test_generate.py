@@ -41,9 +41,10 @@ def test_greedy_parity_cached_uncached_transformers(hf_fixture, lmf_fixture, req
     model, _ = load_model(request.getfixturevalue(lmf_fixture))
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
     expected = [uncached_greedy(model, p, NEW) for p in PROMPTS]
-    # one at a time, and as one left-padded batch
-    assert [generate_ids(model, [p], cfg)[0] for p in PROMPTS] == expected
-    assert generate_ids(model, PROMPTS, cfg) == expected
+    # one at a time, and as one left-padded batch; over the growing cache and the fixed-shape engine
+    for mode in ("eager", "static"):
+        assert [generate_ids(model, [p], cfg, mode=mode)[0] for p in PROMPTS] == expected
+        assert generate_ids(model, PROMPTS, cfg, mode=mode) == expected
     assert hf_greedy(hf, PROMPTS, NEW, pad=0) == expected
     assert [hf_greedy(hf, [p], NEW, pad=0)[0] for p in PROMPTS] == expected
 

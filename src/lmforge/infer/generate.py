@@ -8,6 +8,7 @@ that start at 0 on each sequence's first real token.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,91 @@ def fit_prompts(prompts: list[list[int]], cfg: GenerationConfig, max_seq_len: in
     )
 
 
+class DecodeEngine:
+    """Fixed-shape decoding for a (batch, length) bucket: cache, inputs and outputs never move.
+
+    Each step attends over the whole preallocated cache with a mask (keys at or before the current
+    position), so every tensor keeps its shape and address. That lets the step be compiled once and,
+    on CUDA, captured in a CUDA graph: a decode step then costs one graph launch instead of hundreds of
+    kernel launches from Python. Engines are kept per model and reused across calls.
+    """
+
+    def __init__(self, model: GPT, batch: int, max_len: int, compile: bool, cuda_graph: bool):
+        device = model.lm_head.weight.device
+        self.model, self.max_len = model, max_len
+        self.cache = model.new_cache(batch, max_len)
+        self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.fn = torch.compile(self._step, dynamic=False, fullgraph=True) if compile else self._step
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Tensor | None = None
+        self.use_graph = cuda_graph and device.type == "cuda"
+
+    def _step(self) -> Tensor:
+        return self.model(
+            self.token,
+            positions=self.pos,
+            key_valid=self.key_valid,
+            cache=self.cache,
+            cache_index=self.index,
+            last_only=True,
+        )[:, -1]
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up (and compilation) outside the graph
+            for _ in range(2):
+                self.fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.fn()
+
+    def prefill(self, ids: Tensor, positions: Tensor, key_valid: Tensor) -> Tensor:
+        """Fill the cache with the prompts (eager: runs once per call) and return the last logits."""
+        p_len = ids.size(1)
+        self.key_valid.fill_(True)
+        self.key_valid[:, :p_len] = key_valid
+        self.cache.length = 0
+        padded = not bool(key_valid.all())
+        logits = self.model(
+            ids,
+            positions=positions,
+            key_valid=key_valid if padded else None,
+            cache=self.cache,
+            last_only=True,
+        )
+        return logits[:, -1]
+
+    def step(self, token: Tensor, pos: Tensor, t: int) -> Tensor:
+        """Logits after feeding ``token`` (B,) at cache slot ``t`` with positions ``pos`` (B, 1)."""
+        self.token.copy_(token[:, None])
+        self.pos.copy_(pos)
+        self.index.fill_(t)
+        if not self.use_graph:
+            return self.fn()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.out
+
+
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+BUCKET = 128  # engine lengths are rounded up to this, so nearby lengths share one compiled graph
+
+
+def get_engine(model: GPT, batch: int, length: int, compile: bool, cuda_graph: bool) -> DecodeEngine:
+    max_len = min(-(-length // BUCKET) * BUCKET, model.config.max_seq_len)
+    engines = _ENGINES.setdefault(model, {})
+    key = (batch, max_len, model.lm_head.weight.dtype, compile, cuda_graph)
+    if key not in engines:
+        engines[key] = DecodeEngine(model, batch, max_len, compile, cuda_graph)
+    return engines[key]
+
+
 @torch.inference_mode()
 def decode_steps(
     model: GPT,
@@ -56,14 +142,23 @@ def decode_steps(
     cfg: GenerationConfig,
     eos_id: int | None = None,
     pad_id: int = 0,
+    mode: str = "auto",
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (tokens (B,), finished (B,)) once per step; ``finished`` marks rows done before this step.
 
     Rows that finished (eos) keep receiving ``pad_id``; the loop ends when all rows are done or after
     ``cfg.max_new_tokens`` steps. Break out of the iterator to stop early.
+
+    mode: "eager" attends over the filled cache prefix (cheapest on CPU); "static" uses a fixed-shape
+    DecodeEngine; "compiled" also compiles its step; "graph" compiles and replays it as a CUDA graph.
+    "auto" is "graph" on CUDA and "eager" elsewhere.
     """
     prompts = fit_prompts(prompts, cfg, model.config.max_seq_len)
     device = model.lm_head.weight.device
+    if mode == "auto":
+        mode = "graph" if device.type == "cuda" else "eager"
+    if mode not in ("eager", "static", "compiled", "graph"):
+        raise LmforgeError(f"unknown decode mode {mode!r}; expected auto, eager, static, compiled or graph")
     b, p_len = len(prompts), max(len(p) for p in prompts)
     total = p_len + cfg.max_new_tokens
     history = torch.full((b, total), pad_id, dtype=torch.long)
@@ -79,19 +174,27 @@ def decode_steps(
     if cfg.seed is not None and not cfg.greedy:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    cache = model.new_cache(b, total)
-    logits = model(
-        history[:, :p_len],
-        positions=positions,
-        key_valid=key_valid[:, :p_len] if padded else None,
-        cache=cache,
-        last_only=True,
-    )[:, -1]
+    if mode == "eager":
+        cache = model.new_cache(b, total)
+
+        def step(token: Tensor, pos: Tensor, t: int) -> Tensor:
+            kv = key_valid[:, : t + 1] if padded else None
+            return model(token[:, None], positions=pos, key_valid=kv, cache=cache, last_only=True)[:, -1]
+
+        kv = key_valid[:, :p_len] if padded else None
+        logits = model(history[:, :p_len], positions=positions, key_valid=kv, cache=cache, last_only=True)[
+            :, -1
+        ]
+    else:
+        engine = get_engine(model, b, total, compile=mode != "static", cuda_graph=mode == "graph")
+        step = engine.step
+        logits = engine.prefill(history[:, :p_len], positions, key_valid[:, :p_len])
+
     pos = positions[:, -1:]
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     use_eos = eos_id is not None
-    for step in range(cfg.max_new_tokens):
-        t = p_len + step
+    for i in range(cfg.max_new_tokens):
+        t = p_len + i
         token = next_token(logits, cfg, history[:, :t], generator)
         if use_eos:
             token = torch.where(finished, torch.full_like(token, pad_id), token)
@@ -100,26 +203,20 @@ def decode_steps(
             finished = finished | (token == eos_id)
             if bool(finished.all()):
                 return
-        if step == cfg.max_new_tokens - 1:
+        if i == cfg.max_new_tokens - 1:
             return
         history[:, t] = token
         pos = pos + 1
-        logits = model(
-            token[:, None],
-            positions=pos,
-            key_valid=key_valid[:, : t + 1] if padded else None,
-            cache=cache,
-            last_only=True,
-        )[:, -1]
+        logits = step(token, pos, t)
 
 
 def generate_ids(
-    model: GPT, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int | None = None
+    model: GPT, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int | None = None, mode: str = "auto"
 ) -> list[list[int]]:
-    """New token ids for each prompt (eos not included)."""
+    """New token ids for each prompt (eos not included); ``mode`` as in ``decode_steps``."""
     eos = eos_id if cfg.stop_at_eos else None
     out: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, prompts, cfg, eos):
+    for tokens, finished in decode_steps(model, prompts, cfg, eos, mode=mode):
         for i, (tok, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
             if not done and tok != eos:
                 out[i].append(tok)

@@ -173,6 +173,11 @@ class GPT(nn.Module):
         logits = self(input_ids)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
 
+    def sequence_log_prob(self, input_ids: Tensor) -> Tensor:
+        """log p(x_2..x_T | x_1) = sum_t log p(x_t | x_<t), by the chain rule; one value per row."""
+        log_probs = self(input_ids[:, :-1]).float().log_softmax(dim=-1)
+        return log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1).sum(dim=-1)
+
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         c = self.config
         p = self.lm_head.weight
