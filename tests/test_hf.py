@@ -107,3 +107,20 @@ def test_unsupported_config_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(LmforgeError, match="model_type 'bert' is not supported"):
         from_hf(tmp_path, tmp_path / "out")
+
+
+def test_model_folder_is_written_atomically(lmf_gpt2_dir, tmp_path, monkeypatch):
+    import lmforge.models.io as io
+
+    model, tok = load_model(lmf_gpt2_dir)
+    out = io.save_model(model, tok, tmp_path / "m")
+    before = (out / "model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_model(model, tok, out)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

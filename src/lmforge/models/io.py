@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,30 +62,26 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise LmforgeError(f"{path}: cannot read safetensors ({e})") from None
 
 
-def atomic_directory(out_dir: str | Path):
-    """Write into a temporary sibling folder, then rename it into place (a crash leaves no half folder)."""
+@contextmanager
+def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write into; on success it is renamed to ``out_dir``.
 
-    class _Atomic:
-        def __enter__(self) -> Path:
-            self.final = Path(out_dir)
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp", dir=self.final.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return
-            old = None
-            if self.final.exists():
-                old = self.final.with_name(f".{self.final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-
-    return _Atomic()
+    A crash mid-write leaves the previous ``out_dir`` (if any) intact and no half-written folder.
+    """
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(
