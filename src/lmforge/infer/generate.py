@@ -8,7 +8,6 @@ that start at 0 on each sequence's first real token.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -122,13 +121,12 @@ class DecodeEngine:
         return self.out
 
 
-_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 BUCKET = 128  # engine lengths are rounded up to this, so nearby lengths share one compiled graph
 
 
 def get_engine(model: GPT, batch: int, length: int, compile: bool, cuda_graph: bool) -> DecodeEngine:
     max_len = min(-(-length // BUCKET) * BUCKET, model.config.max_seq_len)
-    engines = _ENGINES.setdefault(model, {})
+    engines = model.__dict__.setdefault("_decode_engines", {})  # dies with the model
     key = (batch, max_len, model.lm_head.weight.dtype, compile, cuda_graph)
     if key not in engines:
         engines[key] = DecodeEngine(model, batch, max_len, compile, cuda_graph)
