@@ -126,3 +126,13 @@ def test_cli_generate(lmf_llama_dir, capsys):
     assert capsys.readouterr().out == plain
     assert plain.startswith("x = ") and len(plain) > len("x = \n")
     assert main([*args[:-2], "--temperature", "-1"]) == 2
+
+
+@pytest.mark.parametrize("lmf_fixture", ["lmf_gpt2_dir", "lmf_llama_dir"])
+def test_compiled_engine_matches_eager(lmf_fixture, request):
+    """The fixed-shape step compiles as one graph (what CUDA graphs replay) and decodes identically."""
+    model, _ = load_model(request.getfixturevalue(lmf_fixture))
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False)
+    expected = generate_ids(model, PROMPTS, cfg, mode="eager")
+    assert generate_ids(model, PROMPTS, cfg, mode="compiled") == expected
+    assert generate_ids(model, PROMPTS[:1] * 3, cfg, mode="compiled") == [expected[0]] * 3  # engine reused
