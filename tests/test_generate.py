@@ -136,3 +136,13 @@ def test_compiled_engine_matches_eager(lmf_fixture, request):
     expected = generate_ids(model, PROMPTS, cfg, mode="eager")
     assert generate_ids(model, PROMPTS, cfg, mode="compiled") == expected
     assert generate_ids(model, PROMPTS[:1] * 3, cfg, mode="compiled") == [expected[0]] * 3  # engine reused
+
+
+def test_eos_ends_each_row_on_its_own(lmf_gpt2_dir):
+    model, _ = load_model(lmf_gpt2_dir)
+    greedy = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
+    free = generate_ids(model, PROMPTS, greedy)
+    eos = free[0][3]  # a token row 0 produces at step 3: pretend it is eos
+    cut = generate_ids(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, temperature=0), eos_id=eos)
+    assert cut == [row[: row.index(eos)] if eos in row else row for row in free]
+    assert len(cut[0]) <= 3

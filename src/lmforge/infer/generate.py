@@ -191,6 +191,8 @@ def decode_steps(
     pos = positions[:, -1:]
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     use_eos = eos_id is not None
+    # Asking "are all rows done?" waits for the device; on a GPU ask every few steps only.
+    check_every = 1 if device.type == "cpu" else 8
     for i in range(cfg.max_new_tokens):
         t = p_len + i
         token = next_token(logits, cfg, history[:, :t], generator)
@@ -199,7 +201,7 @@ def decode_steps(
         yield token, finished
         if use_eos:
             finished = finished | (token == eos_id)
-            if bool(finished.all()):
+            if i % check_every == check_every - 1 and bool(finished.all()):
                 return
         if i == cfg.max_new_tokens - 1:
             return
@@ -213,12 +215,12 @@ def generate_ids(
 ) -> list[list[int]]:
     """New token ids for each prompt (eos not included); ``mode`` as in ``decode_steps``."""
     eos = eos_id if cfg.stop_at_eos else None
-    out: list[list[int]] = [[] for _ in prompts]
-    for tokens, finished in decode_steps(model, prompts, cfg, eos, mode=mode):
-        for i, (tok, done) in enumerate(zip(tokens.tolist(), finished.tolist())):
-            if not done and tok != eos:
-                out[i].append(tok)
-    return out
+    steps = list(decode_steps(model, prompts, cfg, eos, mode=mode))  # stays on the device: no per-step sync
+    tokens = torch.stack([tok for tok, _ in steps], dim=1).tolist()
+    done = torch.stack([fin for _, fin in steps], dim=1).tolist()
+    return [
+        [tok for tok, d in zip(row, row_done) if not d and tok != eos] for row, row_done in zip(tokens, done)
+    ]
 
 
 class _TextTracker:
