@@ -13,6 +13,7 @@ import sys
 from lmforge.errors import LmforgeError
 
 STAGE_CLIS = (
+    "lmforge.data.cli",
     "lmforge.hf.cli",
     "lmforge.infer.cli",
 )

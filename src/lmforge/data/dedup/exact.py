@@ -1,0 +1,71 @@
+"""Whole-document exact dedup: a 64-bit hash of the text per document; the first copy in input order stays."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.data.dedup.base import (
+    Decisions,
+    DedupStage,
+    Preparer,
+    ShardReader,
+    global_ids,
+    load_removals,
+    save_atomic,
+    save_removals,
+)
+from lmforge.data.document import Document
+
+
+@dataclass
+class ExactDedupConfig:
+    field: str = "text"  # "text", or "url" for URL dedup
+
+
+class _HashPreparer(Preparer):
+    def __init__(self, stage: ExactDedup, shard: int):
+        self.stage, self.shard, self.hashes = stage, shard, []
+
+    def add(self, doc: Document) -> None:
+        value = doc.text if self.stage.cfg.field == "text" else doc.url.lower()
+        digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        self.hashes.append(int.from_bytes(digest, "little"))
+
+    def close(self) -> None:
+        save_atomic(
+            self.stage.work / "hash" / f"{self.shard:05d}.npy", np.array(self.hashes, dtype=np.uint64)
+        )
+
+
+class ExactDedup(DedupStage):
+    name = "exact_dedup"
+    reason = "duplicate"
+
+    def __init__(self, cfg: ExactDedupConfig, work: Path):
+        super().__init__(work)
+        self.cfg = cfg
+
+    def preparer(self, shard: int) -> Preparer:
+        return _HashPreparer(self, shard)
+
+    def finish(self, shards: list[int], read_shard: ShardReader) -> dict[str, Any]:
+        hashes, gids = [], []
+        for s in shards:
+            h = np.load(self.work / "hash" / f"{s:05d}.npy")
+            hashes.append(h)
+            gids.append(global_ids(s, np.arange(h.size)))
+        h = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+        g = np.concatenate(gids) if gids else np.empty(0, dtype=np.uint64)
+        order = np.lexsort((g, h))
+        dup = np.zeros(order.size, dtype=bool)
+        dup[1:] = h[order][1:] == h[order][:-1]
+        save_removals(self.work / "remove", shards, g[order][dup])
+        return {"removed": int(dup.sum())}
+
+    def decisions(self, shard: int) -> Decisions:
+        return Decisions(remove=load_removals(self.work / "remove", shard))
