@@ -2,8 +2,8 @@
 
 Shingles are hashed straight from the UTF-8 bytes of the normalised text with a polynomial prefix hash
 (mod 2**64, numpy's wrapping arithmetic), so an n-gram's hash is two lookups and a multiply; a splitmix64
-finaliser then spreads the bits. MinHash permutations are ``a*x + b mod 2**64`` with odd ``a``: a bijection
-of the 64-bit space, so the signature is the minimum of a true permutation of the shingle hashes.
+finaliser then spreads the bits. MinHash permutations are ``a*x + b mod 2**32`` with odd ``a``: a bijection
+of the 32-bit space, so each signature value is the minimum of a true permutation of the shingle hashes.
 """
 
 from __future__ import annotations
@@ -56,38 +56,40 @@ def ngram_hashes(norm: str, n: int) -> np.ndarray:
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``a`` (odd) and ``b`` coefficients of ``num_perm`` permutations, fixed by ``seed``."""
+    """The ``a`` (odd) and ``b`` coefficients of ``num_perm`` permutations of uint32, fixed by ``seed``."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2**64, size=num_perm, dtype=U64, endpoint=False) | U64(1)
-    b = rng.integers(0, 2**64, size=num_perm, dtype=U64, endpoint=False)
+    a = rng.integers(0, 2**32, size=num_perm, dtype=np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint32)
     return a, b
 
 
-def signatures(shingles: list[np.ndarray], a: np.ndarray, b: np.ndarray, block: int = 1 << 22) -> np.ndarray:
-    """MinHash signatures (len(shingles) x num_perm, uint64) of many documents at once.
+def signatures(shingles: list[np.ndarray], a: np.ndarray, b: np.ndarray, block: int = 1 << 21) -> np.ndarray:
+    """MinHash signatures (len(shingles) x num_perm, uint32) of many documents at once.
 
-    All documents' shingles are stacked and each permutation block is one matrix op plus a segmented
-    minimum (``np.minimum.reduceat``); ``block`` bounds the temporary matrix to about 32 MiB. A document with
-    no shingle gets the all-ones signature, which callers must exclude.
+    All documents' shingles (the top 32 bits of their hashes) are laid side by side, and each small block of
+    permutations is one broadcast multiply-add over them plus a segmented minimum along the contiguous axis
+    (``np.minimum.reduceat``); ``block`` bounds the temporary matrix (8 MiB). 32-bit values, as datasketch
+    uses, make the arithmetic SIMD-native. A document with no shingle gets the all-ones signature, which
+    callers must leave out.
     """
-    out = np.full((len(shingles), a.size), np.iinfo(U64).max, dtype=U64)
+    out = np.full((a.size, len(shingles)), np.iinfo(np.uint32).max, dtype=np.uint32)
     sizes = np.array([s.size for s in shingles], dtype=np.int64)
     has = np.flatnonzero(sizes)
     if has.size == 0:
-        return out
-    flat = np.concatenate([shingles[i] for i in has])
+        return out.T
+    flat = (np.concatenate([shingles[i] for i in has]) >> U64(32)).astype(np.uint32)
     offsets = np.concatenate(([0], np.cumsum(sizes[has])[:-1]))
-    cols = max(1, block // max(flat.size, 1))
-    for c0 in range(0, a.size, cols):
-        c1 = min(a.size, c0 + cols)
-        phv = flat[:, None] * a[None, c0:c1] + b[None, c0:c1]
-        out[has, c0:c1] = np.minimum.reduceat(phv, offsets, axis=0)
-    return out
+    rows = int(np.clip(block // flat.size, 1, 8))
+    for r0 in range(0, a.size, rows):
+        phv = a[r0 : r0 + rows, None] * flat[None, :]
+        phv += b[r0 : r0 + rows, None]
+        out[r0 : r0 + rows, has] = np.minimum.reduceat(phv, offsets, axis=1)
+    return np.ascontiguousarray(out.T)
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit key per (document, band): equal keys iff (up to 2**-64) the band's rows all match."""
-    s = sig[:, : bands * rows].reshape(sig.shape[0], bands, rows)
+    s = sig[:, : bands * rows].reshape(sig.shape[0], bands, rows).astype(U64)
     key = np.zeros(s.shape[:2], dtype=U64)
     for r in range(rows):
         key = mix64(key * U64(_P) + s[:, :, r])

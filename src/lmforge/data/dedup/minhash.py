@@ -46,7 +46,7 @@ class MinHashConfig:
     rows: int = 8
     seed: int = 1
     ranges_per_band: int = 1  # split each band's key space over this many tasks (memory per task / this)
-    batch_shingles: int = 1 << 20  # shingles hashed per vectorised batch
+    batch_shingles: int = 1 << 18  # shingles hashed per vectorised batch
 
 
 class _SigPreparer(Preparer):
