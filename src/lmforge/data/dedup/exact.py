@@ -21,6 +21,8 @@ from lmforge.data.dedup.base import (
 )
 from lmforge.data.document import Document
 
+NO_KEY = 0  # the hash of an empty value; real hashes that happen to be 0 are stored as 1
+
 
 @dataclass
 class ExactDedupConfig:
@@ -33,8 +35,11 @@ class _HashPreparer(Preparer):
 
     def add(self, doc: Document) -> None:
         value = doc.text if self.stage.cfg.field == "text" else doc.url.lower()
+        if not value:  # no URL (e.g. a local HTML file): nothing to compare, never a duplicate
+            self.hashes.append(NO_KEY)
+            return
         digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        self.hashes.append(int.from_bytes(digest, "little"))
+        self.hashes.append(int.from_bytes(digest, "little") or 1)
 
     def close(self) -> None:
         save_atomic(
@@ -63,7 +68,7 @@ class ExactDedup(DedupStage):
         g = np.concatenate(gids) if gids else np.empty(0, dtype=np.uint64)
         order = np.lexsort((g, h))
         dup = np.zeros(order.size, dtype=bool)
-        dup[1:] = h[order][1:] == h[order][:-1]
+        dup[1:] = (h[order][1:] == h[order][:-1]) & (h[order][1:] != NO_KEY)
         save_removals(self.work / "remove", shards, g[order][dup])
         return {"removed": int(dup.sum())}
 
