@@ -16,6 +16,9 @@ STAGE_CLIS = (
     "lmforge.data.cli",
     "lmforge.hf.cli",
     "lmforge.infer.cli",
+    "lmforge.tokenizer.cli",
+    "lmforge.train.cli",
+    "lmforge.evaluate.cli",
 )
 
 

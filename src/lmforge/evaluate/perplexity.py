@@ -1,0 +1,86 @@
+"""Perplexity on token shards: PPL = exp(-1/N sum_t log p(x_t | x_<t)) over a whole split.
+
+The split is cut into non-overlapping windows of ``seq_len + 1`` tokens; every token but each window's
+first is predicted once, from the tokens before it in its window.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LmforgeError
+from lmforge.models.gpt import GPT
+from lmforge.train.data import TokenShards, sequential_windows
+
+
+def load_for_eval(path: str | Path, device: str = "auto") -> tuple[GPT, int]:
+    """A model from a model folder, or from a run folder (its exported model, else its last
+    checkpoint); with the window length to score at (the run's training length where known)."""
+    from lmforge.config import from_dict, read_yaml
+    from lmforge.models.io import load_model
+    from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint
+    from lmforge.train.config import TrainConfig
+    from lmforge.train.distributed import pick_device
+
+    p, dev = Path(path), pick_device(device)
+    run_cfg = from_dict(TrainConfig, read_yaml(p / "config.yaml")) if (p / "config.yaml").is_file() else None
+    if (p / "config.json").is_file():
+        model, _ = load_model(p, device=dev)
+    elif (p / "model" / "config.json").is_file():
+        model, _ = load_model(p / "model", device=dev)
+    elif run_cfg is not None and (ckpt := latest_checkpoint(p)) is not None:
+        model = GPT(run_cfg.model)
+        model.load_state_dict(load_checkpoint(ckpt)["model"])
+        model = model.to(dev).eval()
+    else:
+        raise LmforgeError(f"{p}: neither a model folder nor a run folder with a model or checkpoint")
+    seq_len = run_cfg.data.seq_len if run_cfg is not None else model.config.max_seq_len
+    return model, seq_len
+
+
+@torch.no_grad()
+def perplexity(
+    model: GPT,
+    shards_dir: str | Path,
+    split: str = "val",
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+) -> dict:
+    """Mean negative log-likelihood (nats/token) and perplexity of ``model`` on a shards split."""
+    shards = TokenShards(shards_dir)
+    if shards.vocab_size > model.config.vocab_size:
+        raise LmforgeError(
+            f"the shards use a {shards.vocab_size}-token vocabulary; the model has {model.config.vocab_size}"
+        )
+    seq_len = min(seq_len, model.config.max_seq_len)
+    device = model.lm_head.weight.device
+    model.eval()
+    nll, count = 0.0, 0
+    batch: list[np.ndarray] = []
+
+    def score(rows: list[np.ndarray]) -> None:
+        nonlocal nll, count
+        w = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
+        logits = model(w[:, :-1]).float()
+        nll += F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+        count += w[:, 1:].numel()
+
+    for window in sequential_windows(shards, split, seq_len):
+        batch.append(window)
+        if len(batch) == batch_size:
+            score(batch)
+            batch = []
+            if max_tokens is not None and count >= max_tokens:
+                break
+    if batch and (max_tokens is None or count < max_tokens):
+        score(batch)
+    if count == 0:
+        raise LmforgeError(f"the {split} split holds no window of {seq_len + 1} tokens; lower --seq-len")
+    mean = nll / count
+    return {"split": split, "tokens": count, "seq_len": seq_len, "loss": mean, "perplexity": math.exp(mean)}

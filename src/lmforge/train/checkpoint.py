@@ -1,0 +1,62 @@
+"""Training checkpoints: one file per saved step, written atomically, the last K kept.
+
+A checkpoint is first written under a temporary name, flushed to disk, then renamed: a process killed at
+any moment (SIGKILL included) leaves either the previous complete checkpoint or the new complete one,
+never a torn file. Loading ignores leftover temporary files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import LmforgeError
+
+PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if PATTERN.match(p.name))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``state`` as checkpoint ``step`` atomically, then delete all but the newest ``keep_last``."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"step_{step:08d}.pt"
+    tmp = d / f".{final.name}.tmp{os.getpid()}"
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    for stale in d.glob(".step_*.tmp*"):  # left by a killed run
+        if stale != tmp:
+            stale.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a foreign or damaged file: say which
+        raise LmforgeError(f"{path}: cannot read checkpoint ({e})") from None

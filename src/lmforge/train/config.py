@@ -1,0 +1,71 @@
+"""The pretraining config: one YAML file (plus ``key=value`` overrides) describes a whole run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmforge.config import ConfigError
+from lmforge.models.gpt import GPTConfig
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # a folder written by `lmforge shards`
+    seq_len: int = 256  # tokens per training window (<= model.max_seq_len)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr``."""
+
+    lr: float = 6e-4
+    min_lr: float | None = None  # default lr / 10
+    weight_decay: float = 0.1  # matrices only: never norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # length of warmup + cosine; default max_steps
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/pretrain"
+    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size comes from the shards' tokenizer
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 8  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
+    max_steps: int = 1000
+    max_minutes: float | None = None  # also stop (with a checkpoint) after this much wall time
+    eval_every: int = 200
+    eval_batches: int = 20  # global val batches per evaluation
+    early_stop_patience: int | None = None  # stop after this many evaluations without a better val loss
+    ckpt_every: int = 500
+    keep_last: int = 3  # checkpoints kept on disk
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the forward + loss
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; FSDP shards params, grads and optimizer
+    threads: int | None = None  # CPU intra-op threads (default: PyTorch's choice)
+    vocab_multiple: int = 64  # pad the model's vocabulary to a multiple of this (faster matmuls)
+    export: bool = True  # save the final model as an lmforge model folder in out_dir/model
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "keep_last")
+        for name in (*positive, "log_every", "eval_batches", "vocab_multiple"):
+            if getattr(self, name) < (1 if name in positive else 0):
+                raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+
+    @property
+    def min_lr(self) -> float:
+        return self.optim.lr / 10 if self.optim.min_lr is None else self.optim.min_lr

@@ -1,0 +1,99 @@
+"""Where a run's numbers go: metrics.jsonl (one record per line), TensorBoard, and a loss-curve PNG.
+
+Only rank 0 writes. On resume, records after the resumed step (from the run that was killed) are dropped
+so the log reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 tensor-core peak FLOP/s by device name (vendor datasheets, without sparsity). A device not
+# listed gets no MFU rather than a guess.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of one device for ``dtype``; None where unknown (CPUs, unlisted GPUs, fp32)."""
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.png = run_dir / "loss.png"
+        if resume_step is not None and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        elif self.path.exists():
+            self.path.unlink()
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra (lmforge[train])
+                pass
+            else:
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def records(self) -> list[dict[str, Any]]:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def plot(self) -> Path | None:
+        """Train and val loss against step, as loss.png (needs matplotlib, an optional extra)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        records = self.records()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, style in (("loss", "-"), ("val_loss", "o-")):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), style, label=key, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.png, dpi=100)
+        plt.close(fig)
+        return self.png
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,183 @@
+"""The pretraining loop on a tiny model: the loss falls, resume is exact (also after SIGKILL), a NaN
+stops the run naming the step and the last good checkpoint, and the run folder has what it promises."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import corpus_text
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.tokenizer.shards import build_shards
+from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from lmforge.train.config import TrainConfig
+from lmforge.train.optim import lr_factor, param_groups
+from lmforge.train.trainer import NonFiniteLoss, Trainer
+
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.d_model=32",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "batch_size=8",
+    "optim.lr=0.003",
+    "optim.warmup_steps=4",
+    "eval_batches=4",
+    "log_every=1",
+    "progress=false",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, bpe_tokenizer) -> Path:
+    out = tmp_path_factory.mktemp("train") / "shards"
+    docs = [p for p in corpus_text()[:150_000].split("\n\n") if p.strip()]
+    build_shards(docs, bpe_tokenizer, out, val_fraction=0.1, progress=False)
+    return out
+
+
+def tiny(shards: Path, out: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [*TINY, f"data.shards={shards}", f"out_dir={out}", *extra])
+
+
+def test_loss_falls_and_run_folder_is_complete(shards, tmp_path):
+    cfg = tiny(shards, tmp_path / "run", "max_steps=60", "eval_every=20", "ckpt_every=20", "keep_last=2")
+    summary = Trainer(cfg).run()
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert train[0]["loss"] > math.log(300) - 0.3  # starts near uniform over the vocabulary
+    assert summary["loss"] < train[0]["loss"] - 1.5
+    assert len(vals) == 3 and vals[0] > vals[1] > vals[2] and summary["val_loss"] == vals[-1]
+    assert {"lr", "grad_norm", "tokens", "tokens_per_s"} <= set(train[-1])
+    assert train[-1]["tokens"] == 60 * 8 * 32
+    # Resolved config (vocab from the tokenizer, padded to 64), curve, TensorBoard, last-K checkpoints.
+    resolved = load_config(TrainConfig, run / "config.yaml")
+    assert resolved.model.vocab_size == 320 and resolved.max_steps == 60
+    assert (run / "loss.png").stat().st_size > 1000
+    assert any((run / "tensorboard").iterdir())
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000040.pt", "step_00000060.pt"]
+    # The exported model loads, generates, and converts to Hugging Face.
+    from lmforge.hf.convert import to_hf
+    from lmforge.infer.generate import generate
+    from lmforge.models.io import load_model
+
+    model, tok = load_model(run / "model")
+    assert isinstance(generate(model, tok, "The", max_new_tokens=5, temperature=0), str)
+    to_hf(run / "model", tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
+    common = ("optim.decay_steps=20", "ckpt_every=5", "eval_every=5")
+    straight = Trainer(tiny(shards, tmp_path / "a", "max_steps=20", *common)).run()
+    Trainer(tiny(shards, tmp_path / "b", "max_steps=10", *common)).run()
+    resumed = Trainer(tiny(shards, tmp_path / "b", "max_steps=20", *common), resume=True).run()
+    assert resumed["step"] == 20
+    assert abs(resumed["loss"] - straight["loss"]) < 1e-6
+    assert abs(resumed["val_loss"] - straight["val_loss"]) < 1e-6
+    a = load_checkpoint(latest_checkpoint(tmp_path / "a"))["model"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "b"))["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    # metrics.jsonl reads as one run: one record per step, in order.
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 21))
+    assert [r["step"] for r in records if "val_loss" in r] == [5, 10, 15, 20]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(shards, tmp_path):
+    """Kill a real `lmforge pretrain` process with SIGKILL mid-run; --resume continues exactly."""
+    run = tmp_path / "killed"
+    fixed = [*TINY, f"data.shards={shards}", "optim.decay_steps=200", "ckpt_every=4", "eval_every=1000"]
+    (tmp_path / "cfg.yaml").write_text("{}\n")
+    cmd = [sys.executable, "-m", "lmforge", "pretrain", "--config", str(tmp_path / "cfg.yaml"), *fixed]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*cmd, f"out_dir={run}", "max_steps=100000", "export=false"], env=env)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)  # let it run on past the checkpoint, mid-step
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest_checkpoint(run).stem.split("_")[1])
+    target = killed_at + 4
+    assert main(["pretrain", "--resume", str(run), f"max_steps={target}"]) == 0
+    straight = Trainer(tiny(shards, tmp_path / "straight", f"max_steps={target}", *fixed[len(TINY) :])).run()
+    resumed = load_checkpoint(latest_checkpoint(run))
+    assert resumed["step"] == target
+    ref = load_checkpoint(latest_checkpoint(tmp_path / "straight"))["model"]
+    assert all(torch.allclose(resumed["model"][k], ref[k], atol=1e-6, rtol=0) for k in ref)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, target + 1))
+    assert abs(records[-2]["loss"] - straight["loss"]) < 1e-6 and records[-2]["step"] == target
+
+
+def test_nan_loss_stops_naming_step_and_last_good_checkpoint(shards, tmp_path):
+    def poison(step: int, loss: float) -> None:
+        if step == 7:
+            with torch.no_grad():
+                trainer.model.blocks[0].mlp.fc.weight.fill_(float("nan"))
+
+    trainer = Trainer(tiny(shards, tmp_path / "nan", "max_steps=20", "ckpt_every=3"), on_step=poison)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 8.*step_00000006\.pt"):
+        trainer.run()
+    good = load_checkpoint(latest_checkpoint(tmp_path / "nan"))
+    assert good["step"] == 6 and all(torch.isfinite(t).all() for t in good["model"].values())
+
+
+def test_early_stopping(shards, tmp_path):
+    cfg = tiny(shards, tmp_path / "es", "max_steps=50", "optim.lr=0", "eval_every=2", "early_stop_patience=2")
+    summary = Trainer(cfg).run()
+    assert summary["stopped"] == "early_stop" and summary["step"] == 6  # evals at 2 (best), 4, 6
+
+
+def test_refuses_to_overwrite_a_run_and_rejects_unknown_keys(shards, tmp_path, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("{}\n")
+    args = [
+        "pretrain",
+        "--config",
+        str(cfg_file),
+        *TINY,
+        f"data.shards={shards}",
+        f"out_dir={tmp_path / 'r'}",
+    ]
+    assert main([*args, "max_steps=2", "export=false"]) == 0
+    assert main([*args, "max_steps=2"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "optim.learning_rate=1"]) == 2
+    assert "unknown config key optim.learning_rate" in capsys.readouterr().err
+
+
+def test_param_groups_and_schedule():
+    model = GPT(GPTConfig(vocab_size=64, max_seq_len=16, n_layer=2, n_head=2, d_model=16))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}  # tied lm_head appears once, as tok_emb
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(
+        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    )
+    assert {"tok_emb.weight", "pos_emb.weight", "norm_f.weight", "norm_f.bias"} <= {
+        names[id(p)] for p in no_decay["params"]
+    }
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    cfg = load_config(TrainConfig, None, ["max_steps=110", "optim.warmup_steps=10", "optim.lr=0.001"])
+    factors = [lr_factor(s, cfg) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))  # cosine never rises
+    assert lr_factor(110, cfg) == pytest.approx(0.1)  # min_lr = lr / 10
