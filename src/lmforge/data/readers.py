@@ -36,6 +36,7 @@ class ReaderConfig:
     text_key: str = "text"
     id_key: str = "id"
     url_key: str = "url"
+    html: bool = False  # JSONL/Parquet records hold raw HTML (e.g. a crawl dump) rather than text
     files_per_shard: int = 64  # for one-document-per-file formats (html, text)
     max_bytes: int = 10_000_000  # bigger pages are skipped as too_large
 
@@ -227,12 +228,8 @@ def _record_item(rec: dict, cfg: ReaderConfig, fallback_id: str) -> Item:
         except ValueError:
             meta = {}
     meta = meta if isinstance(meta, dict) else {}
-    return Document(
-        text=text,
-        id=str(rec.get(cfg.id_key) or fallback_id),
-        url=str(rec.get(cfg.url_key) or ""),
-        metadata=meta,
-    )
+    doc_id = str(rec.get(cfg.id_key) or fallback_id)
+    return Document(text=text, id=doc_id, url=str(rec.get(cfg.url_key) or ""), metadata=meta, html=cfg.html)
 
 
 def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Item]:

@@ -17,12 +17,10 @@ def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
     results = execute(job)
     segments = [r for t, r in sorted(results.items(), key=lambda x: x[0].marker) if t.kind == "segment"]
     stats = merge_stats(job.stage_names(), segments)
-    for task, r in results.items():  # dedup time: signatures while writing, combine and finish tasks
-        pos = job.boundaries[task.k] + 1 if task.kind != "segment" else None
-        if task.kind == "segment" and task.k < len(job.boundaries):
-            stats[job.boundaries[task.k] + 1].seconds += r.get("prepare_seconds", 0.0)
-        elif pos is not None:
-            stats[pos].seconds += r["seconds"]
+    for task, r in results.items():  # a dedup stage's time: its preparer (during segment k), combine, finish
+        if task.k < len(job.boundaries):
+            seconds = r["prepare_seconds"] if task.kind == "segment" else r["seconds"]
+            stats[job.boundaries[task.k] + 1].seconds += seconds
     dedup_info = {
         job.specs[job.boundaries[t.k]].name: r["info"] for t, r in results.items() if t.kind == "finish"
     }
