@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from lmforge.data.dedup.hashing import band_keys, ngram_hashes, permutations, signatures
+from lmforge.data.dedup.hashing import band_keys, batch_ngram_hashes, ngram_hashes, permutations, signatures
 from lmforge.data.dedup.substring import adjacent_lcp, repeated_mask, suffix_array
 from lmforge.data.dedup.unionfind import components
 from lmforge.data.text import normalize_for_dedup
@@ -30,11 +30,24 @@ def test_ngram_hashes_match_whole_ngrams():
     assert ngram_hashes("x y " + "a b c d e", 5)[-1] == ngram_hashes("a b c d e", 5)[0]
 
 
+def sigs(docs: list[np.ndarray], a: np.ndarray, **kw) -> np.ndarray:
+    return signatures(np.concatenate(docs), np.array([d.size for d in docs]), a, **kw)
+
+
+def test_batch_hashing_equals_one_text_at_a_time():
+    texts = ["a b c d e f", "", "one two", "the same five words here x", "a b c d e", "z " * 40 + "end"]
+    texts = [t.strip() for t in texts]
+    hashes, counts = batch_ngram_hashes(texts, 5)
+    assert counts.tolist() == [2, 0, 0, 2, 1, 37]
+    assert np.array_equal(hashes, np.concatenate([ngram_hashes(t, 5) for t in texts]))
+    assert hashes[0] == hashes[4]  # "a b c d e" in two texts
+
+
 def pair_with_jaccard(rng: np.random.Generator, s: float, union: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Two shingle sets whose Jaccard similarity is exactly round(s * union) / union."""
     shared = round(s * union)
     only = (union - shared) // 2
-    u = rng.integers(0, 2**64, size=shared + 2 * only, dtype=np.uint64)
+    u = rng.integers(0, 2**32, size=shared + 2 * only, dtype=np.uint32)
     return u[: shared + only], np.concatenate([u[:shared], u[shared + only :]])
 
 
@@ -43,12 +56,12 @@ def test_minhash_collision_probability_follows_lsh_curve(s):
     """P(candidate pair) = 1 - (1 - s^r)^b for FineWeb's 14 x 8, and each single hash collides with P = s."""
     rng = np.random.default_rng(int(s * 100))
     bands, rows, n_pairs = 14, 8, 600
-    a, b = permutations(bands * rows, seed=7)
+    a = permutations(bands * rows, seed=7)
     sets = [pair_with_jaccard(rng, s) for _ in range(n_pairs)]
     shared = round(s * 200)
     s_exact = shared / (shared + 2 * ((200 - shared) // 2))
     flat = [x for pair in sets for x in pair]
-    sig = signatures(flat, a, b)
+    sig = sigs(flat, a)
     per_hash = (sig[0::2] == sig[1::2]).mean()
     assert abs(per_hash - s_exact) < 0.01  # 67,200 hash comparisons: std ~0.002
     keys = band_keys(sig, bands, rows)
@@ -61,11 +74,11 @@ def test_minhash_collision_probability_follows_lsh_curve(s):
 def test_refinedweb_bands_separate_075_from_080():
     """RefinedWeb's 450 x 20: P(0.75) = 76 %, P(0.8) = 99.4 % (spec §10)."""
     rng = np.random.default_rng(0)
-    a, b = permutations(9000, seed=1)
+    a = permutations(9000, seed=1)
     rates = {}
     for s in (0.6, 0.8):
         sets = [x for _ in range(100) for x in pair_with_jaccard(rng, s)]
-        keys = band_keys(signatures(sets, a, b), 450, 20)
+        keys = band_keys(sigs(sets, a), 450, 20)
         rates[s] = (keys[0::2] == keys[1::2]).any(axis=1).mean()
     assert rates[0.6] < 0.1  # expected 1 - (1 - 0.6^20)^450 = 0.016
     assert rates[0.8] > 0.97  # expected 0.994
@@ -73,14 +86,14 @@ def test_refinedweb_bands_separate_075_from_080():
 
 def test_signatures_are_deterministic_and_blockwise_equal():
     rng = np.random.default_rng(1)
-    docs = [rng.integers(0, 2**64, size=n, dtype=np.uint64) for n in (50, 0, 300, 1)]
-    a, b = permutations(112, seed=3)
-    whole = signatures(docs, a, b)
-    small_blocks = signatures(docs, a, b, block=64)
+    docs = [rng.integers(0, 2**32, size=n, dtype=np.uint32) for n in (50, 0, 300, 1)]
+    a = permutations(112, seed=3)
+    whole = sigs(docs, a)
+    small_blocks = sigs(docs, a, chunk=64)
     assert np.array_equal(whole, small_blocks)
     assert (whole[1] == np.iinfo(np.uint32).max).all()  # no shingles: no signature
-    assert np.array_equal(whole, signatures(docs, *permutations(112, seed=3)))
-    assert not np.array_equal(whole, signatures(docs, *permutations(112, seed=4)))
+    assert np.array_equal(whole, sigs(docs, permutations(112, seed=3)))
+    assert not np.array_equal(whole, sigs(docs, permutations(112, seed=4)))
 
 
 def test_union_find_matches_reference():

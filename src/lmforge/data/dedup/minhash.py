@@ -33,7 +33,7 @@ from lmforge.data.dedup.base import (
     save_atomic,
     save_removals,
 )
-from lmforge.data.dedup.hashing import band_keys, mix64, ngram_hashes, permutations, signatures
+from lmforge.data.dedup.hashing import band_keys, batch_ngram_hashes, mix64, permutations, signatures
 from lmforge.data.dedup.unionfind import components
 from lmforge.data.document import Document
 from lmforge.data.text import normalize_for_dedup
@@ -46,36 +46,37 @@ class MinHashConfig:
     rows: int = 8
     seed: int = 1
     ranges_per_band: int = 1  # split each band's key space over this many tasks (memory per task / this)
-    batch_shingles: int = 1 << 18  # shingles hashed per vectorised batch
+    batch_chars: int = 1 << 22  # normalised characters hashed per vectorised batch
 
 
 class _SigPreparer(Preparer):
     def __init__(self, stage: MinHash, shard: int):
         self.stage, self.shard = stage, shard
-        self.pending: list[np.ndarray] = []
-        self.pending_size = 0
+        self.pending: list[str] = []
+        self.pending_chars = 0
         self.keys: list[np.ndarray] = []
-        self.has: list[bool] = []
+        self.has: list[np.ndarray] = []
 
     def add(self, doc: Document) -> None:
-        sh = ngram_hashes(normalize_for_dedup(doc.text), self.stage.cfg.n_gram)
-        self.pending.append(sh)
-        self.has.append(sh.size > 0)
-        self.pending_size += sh.size
-        if self.pending_size >= self.stage.cfg.batch_shingles:
+        norm = normalize_for_dedup(doc.text)
+        self.pending.append(norm)
+        self.pending_chars += len(norm)
+        if self.pending_chars >= self.stage.cfg.batch_chars:
             self._flush()
 
     def _flush(self) -> None:
         if self.pending:
-            sig = signatures(self.pending, *self.stage.perms)
+            hashes, counts = batch_ngram_hashes(self.pending, self.stage.cfg.n_gram)
+            sig = signatures(hashes, counts, self.stage.perms)
             self.keys.append(band_keys(sig, self.stage.cfg.bands, self.stage.cfg.rows))
-        self.pending, self.pending_size = [], 0
+            self.has.append(counts > 0)
+        self.pending, self.pending_chars = [], 0
 
     def close(self) -> None:
         self._flush()
         bands = self.stage.cfg.bands
         keys = np.concatenate(self.keys) if self.keys else np.empty((0, bands), dtype=np.uint64)
-        docs = np.flatnonzero(np.array(self.has, dtype=bool)).astype(np.uint32)
+        docs = np.flatnonzero(np.concatenate(self.has) if self.has else np.empty(0, bool)).astype(np.uint32)
         keys = np.ascontiguousarray(keys[docs].T)  # band-major; documents without shingles left out
         order = np.argsort(keys, axis=1, kind="stable")
         base = self.stage.work / "sig" / f"{self.shard:05d}"
