@@ -127,7 +127,7 @@ def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> floa
 
 
 def machine() -> dict:
-    """CPUs and the load average when the figures were taken: other work on the box skews them."""
+    """CPUs and the load average after the figures were taken: other work on the box skews them."""
     return {
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
@@ -143,62 +143,79 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("data_pipeline.json")))
-    args = ap.parse_args()
-    pages = load_pages()
+def compare(pages: list[dict], repeats: int) -> dict:
+    """Per-stage documents/s of lmforge and datatrove on the same pages, one process each."""
     n = len(pages)
-    print(f"{n} pages, {sum(len(p['text']) for p in pages) / 1e6:.1f} MB of HTML, {os.cpu_count()} CPUs")
     per_stage: dict[str, dict[str, list[float]]] = {s: {"lmforge": [], "datatrove": []} for s in STAGES}
+    per_stage["all (in-process)"] = {"lmforge": [], "datatrove": []}
     lid: list[float] = []
     kept: dict[str, dict[str, int]] = {}
-    for r in range(args.repeats):
-        mine = time_ours(pages, STAGES)
-        dt = time_theirs(pages)
+    for r in range(repeats):
+        mine, dt = time_ours(pages, STAGES), time_theirs(pages)
         for s in STAGES:
             per_stage[s]["lmforge"].append(mine[s]["docs"] / mine[s]["seconds"])
             per_stage[s]["datatrove"].append(dt[s]["docs"] / dt[s]["seconds"])
             kept[s] = {"lmforge": mine[s]["kept"], "datatrove": dt[s]["kept"]}
+        per_stage["all (in-process)"]["lmforge"].append(n / sum(mine[s]["seconds"] for s in STAGES))
+        per_stage["all (in-process)"]["datatrove"].append(n / sum(dt[s]["seconds"] for s in STAGES))
         lid_run = time_ours(pages, ["extract", "language"])["language"]
         lid.append(lid_run["docs"] / lid_run["seconds"])
-        total_mine = sum(mine[s]["seconds"] for s in STAGES)
-        total_dt = sum(dt[s]["seconds"] for s in STAGES)
-        print(f"repeat {r}: in-process docs/s: lmforge {n / total_mine:.1f}, datatrove {n / total_dt:.1f}")
-        per_stage.setdefault("all (in-process)", {"lmforge": [], "datatrove": []})
-        per_stage["all (in-process)"]["lmforge"].append(n / total_mine)
-        per_stage["all (in-process)"]["datatrove"].append(n / total_dt)
-    scaling = {1: [], 2: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for w in (1, 2):
-                scaling[w].append(n / whole_pipeline(pages, w, Path(tmp), f"w{w}-{r}"))
-    result = {
-        "machine": machine(),
-        "pages": n,
-        "repeats": args.repeats,
-        "docs_per_second": {
-            s: {k: summary(v) for k, v in d.items()}
-            | {"speedup": round(statistics.median(d["lmforge"]) / statistics.median(d["datatrove"]), 2)}
-            for s, d in per_stage.items()
-        },
+        print(f"repeat {r}: in-process docs/s {per_stage['all (in-process)']}")
+    docs_per_second = {}
+    for s, d in per_stage.items():
+        speedup = round(statistics.median(d["lmforge"]) / statistics.median(d["datatrove"]), 2)
+        docs_per_second[s] = {k: summary(v) for k, v in d.items()} | {"speedup": speedup}
+    print(f"\n{'stage':<20}{'lmforge docs/s':>22}{'datatrove docs/s':>22}{'speedup':>9}")
+    for s, d in docs_per_second.items():
+        cell = lambda x: f"{x['median']:>10} [{x['min']}-{x['max']}]"  # noqa: E731
+        print(f"{s:<20}{cell(d['lmforge'])}{cell(d['datatrove'])}{d['speedup']:>8}x")
+    print(f"language id (lmforge only): {summary(lid)} docs/s")
+    return {
+        "docs_per_second": docs_per_second,
         "kept_after_stage": kept,
         "language_id_docs_per_second": summary(lid),
-        "whole_pipeline_docs_per_second": {f"{w}_workers": summary(v) for w, v in scaling.items()},
-        "scaling_2_vs_1": round(statistics.median(scaling[2]) / statistics.median(scaling[1]), 2),
+        "compare_machine": machine(),
     }
-    print(f"\n{'stage':<20}{'lmforge docs/s':>22}{'datatrove docs/s':>22}{'speedup':>9}")
-    for s, d in result["docs_per_second"].items():
-        a, b = d["lmforge"], d["datatrove"]
-        cell = lambda x: f"{x['median']:>10} [{x['min']}-{x['max']}]"  # noqa: E731
-        print(f"{s:<20}{cell(a)}{cell(b)}{d['speedup']:>8}x")
-    print(f"language id (lmforge only): {result['language_id_docs_per_second']}")
-    for w, v in result["whole_pipeline_docs_per_second"].items():
+
+
+def scaling(pages: list[dict], repeats: int) -> dict:
+    """``lmforge data run`` with 1 and 2 workers, alternating, on the same 8 shards."""
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for w in (1, 2):
+                runs[w].append(len(pages) / whole_pipeline(pages, w, Path(tmp), f"w{w}-{r}"))
+    out = {
+        "whole_pipeline_docs_per_second": {f"{w}_workers": summary(v) for w, v in runs.items()},
+        "scaling_2_vs_1": round(statistics.median(runs[2]) / statistics.median(runs[1]), 2),
+        "scaling_machine": machine(),
+    }
+    for w, v in out["whole_pipeline_docs_per_second"].items():
         print(f"whole pipeline (lmforge data run, FineWeb filters + LID), {w}: {v} docs/s")
-    print(f"scaling 1 -> 2 workers: {result['scaling_2_vs_1']}x")
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    print(f"scaling 1 -> 2 workers: {out['scaling_2_vs_1']}x")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--parts", default="compare,scaling", help="compare, scaling or both (results are merged)"
+    )
+    ap.add_argument("--out", default=str(Path(__file__).with_name("data_pipeline.json")))
+    args = ap.parse_args()
+    pages = load_pages()
+    mb = sum(len(p["text"]) for p in pages) / 1e6
+    print(f"{len(pages)} pages, {mb:.1f} MB of HTML, {os.cpu_count()} CPUs")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update({"pages": len(pages), "repeats": args.repeats})
+    if "compare" in args.parts:
+        result.update(compare(pages, args.repeats))
+    if "scaling" in args.parts:
+        result.update(scaling(pages, args.repeats))
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
