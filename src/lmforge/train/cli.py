@@ -31,6 +31,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from lmforge.config import load_config
     from lmforge.errors import LmforgeError
     from lmforge.train.config import TrainConfig
+    from lmforge.train.distributed import shutdown
     from lmforge.train.trainer import Trainer
 
     overrides = list(args.overrides)
@@ -46,7 +47,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
         path = args.config
     cfg = load_config(TrainConfig, path, overrides)
     trainer = Trainer(cfg, resume=bool(args.resume))
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    finally:
+        shutdown(trainer.env)
     if trainer.env.is_main:
         val = (
             f", val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})"

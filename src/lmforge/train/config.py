@@ -43,6 +43,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_batches: int = 20  # global val batches per evaluation
     early_stop_patience: int | None = None  # stop after this many evaluations without a better val loss
+    stop_at_val_loss: float | None = None  # stop once an evaluation reaches this val loss (a quality target)
     ckpt_every: int = 500
     keep_last: int = 3  # checkpoints kept on disk
     log_every: int = 10

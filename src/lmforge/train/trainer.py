@@ -86,10 +86,10 @@ class Trainer:
         self.train_data = WindowSampler(
             self.shards, "train", cfg.data.seq_len, micro * cfg.grad_accum * world, cfg.seed, env.rank, world
         )
-        self.val_data = None
+        self.val_data = None  # same global batch as training, so val numbers do not depend on world size
         if self.shards.split_tokens("val") > cfg.data.seq_len and cfg.eval_batches:
             self.val_data = WindowSampler(
-                self.shards, "val", cfg.data.seq_len, micro * world, cfg.seed, env.rank, world
+                self.shards, "val", cfg.data.seq_len, self.train_data.global_batch, cfg.seed, env.rank, world
             )
 
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
@@ -148,11 +148,15 @@ class Trainer:
             return None
         self.model.eval()
         total = torch.zeros((), device=self.env.device)
+        micro = self.cfg.batch_size
         for k in range(self.cfg.eval_batches):
-            x, y = self.val_data.batch(k)
-            total += self.loss_fn(self._to_device(x), self._to_device(y))
+            x_all, y_all = self.val_data.batch(k)
+            for i in range(0, len(x_all), micro):
+                x, y = x_all[i : i + micro], y_all[i : i + micro]
+                total += self.loss_fn(self._to_device(x), self._to_device(y))
         self.model.train()
-        return D.all_reduce_mean(total / self.cfg.eval_batches, self.env).item()
+        n = self.cfg.eval_batches * self.cfg.grad_accum
+        return D.all_reduce_mean(total / n, self.env).item()
 
     # ----------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -283,17 +287,20 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
                 if self.step % cfg.eval_every == 0:
                     val = self._eval_and_log()
-                    if val is not None:
+                    if val is not None and env.is_main and cfg.progress:
                         bar.write(f"step {self.step}: val loss {val:.4f}, perplexity {math.exp(val):.2f}")
                     if cfg.early_stop_patience and self.evals_since_best >= cfg.early_stop_patience:
                         stopped = "early_stop"
+                        break
+                    if val is not None and cfg.stop_at_val_loss is not None and val <= cfg.stop_at_val_loss:
+                        stopped = "val_target"
                         break
                 if self.step % cfg.ckpt_every == 0:
                     self.save()
                     saved_at = self.step
         finally:
             bar.close()
-        if self.step % cfg.eval_every != 0 and stopped != "early_stop":
+        if self.step % cfg.eval_every != 0 and stopped not in ("early_stop", "val_target"):
             val = self._eval_and_log()
         state = self.save() if saved_at != self.step else self._state()
         model_dir = self.export(state["model"]) if cfg.export and env.is_main else None

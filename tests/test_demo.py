@@ -1,0 +1,38 @@
+"""`lmforge demo` end to end on a shrunken model: corpus -> tokenizer -> shards -> training -> samples."""
+
+from __future__ import annotations
+
+import json
+
+from lmforge.cli import main
+from lmforge.models.io import load_model
+
+SMALL = [
+    "model.n_layer=2",
+    "model.d_model=128",
+    "max_steps=60",
+    "eval_every=30",
+    "log_every=1",
+    "optim.warmup_steps=5",
+    "threads=1",
+    "progress=false",
+]
+
+
+def test_demo_leaves_a_complete_run_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "1", "--out", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "val perplexity" in printed and "samples" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["tokens"] > 100_000
+    assert summary["final_loss"] < summary["first_loss"] - 1.0  # the loss clearly falls
+    assert summary["val_perplexity"] < 2048 / 4  # well below uniform over the vocabulary
+    run = out / "run"
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "model/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "checkpoints").glob("step_*.pt"))
+    samples = (out / "samples.txt").read_text()
+    assert samples.startswith("The") and len(samples) > 100
+    model, tokenizer = load_model(run / "model")
+    assert tokenizer.vocab_size == 2048 and model.config.vocab_size == 2048
