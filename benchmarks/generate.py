@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--hf-cache", nargs="+", default=["dynamic"], choices=["dynamic", "static"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="bench_out/generate.json")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("generate.json")))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ the wall time counts everything from building the model to that point (evaluatio
 one-off tokenization excluded). The final model is then scored on the *whole* val split
 (~111k characters) to show the target is really met, not an artefact of a few noisy batches.
 
-    python benchmarks/shakespeare.py [--repeats 3] [--out bench_out/shakespeare.json]
+    python benchmarks/shakespeare.py [--repeats 3] [--out benchmarks/shakespeare.json]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "tinyshakespeare" / "input.txt"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
-    ap.add_argument("--out", default="bench_out/shakespeare.json")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("shakespeare.json")))
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to the lmforge recipe")
     args = ap.parse_args()
     runs = []

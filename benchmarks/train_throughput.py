@@ -7,7 +7,7 @@ vocabulary 65), and GPT-2 124M (vocabulary 50257; on CPU at batch 1 x 256 tokens
 seconds, on CUDA at batch 32 x 1024). On CPU: fp32 eager vs ``torch.compile``; on CUDA: bf16 autocast +
 compile + fused AdamW + flash SDPA. Each figure is the median of ``--repeats`` timed windows (range too).
 
-    python benchmarks/train_throughput.py [--repeats 3] [--steps 5] [--out bench_out/train_throughput.json]
+    python benchmarks/train_throughput.py [--repeats 3] [--steps 5] [--out benchmarks/train_throughput.json]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--steps", type=int, default=5, help="optimizer steps per timed window")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="bench_out/train_throughput.json")
+    ap.add_argument("--out", default=str(Path(__file__).with_name("train_throughput.json")))
     args = ap.parse_args()
     compiles = [True] if args.device.startswith("cuda") else [False, True]
     rows = []
