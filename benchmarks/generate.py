@@ -11,8 +11,6 @@ median and range are reported; the ratio is ours / theirs.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from _report import machine, write_json
 from lmforge.hf.convert import FAMILIES, config_from_hf
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.sampling import GenerationConfig
@@ -117,19 +116,8 @@ def main() -> None:
                     flush=True,
                 )
             results.append(row)
-    on_cuda = args.device.startswith("cuda")
-    device_name = torch.cuda.get_device_name() if on_cuda else (platform.processor() or "cpu")
-    meta = {
-        "device": device_name,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "prompt_tokens": PROMPT,
-        "new_tokens": NEW,
-        "repeats": args.repeats,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"wrote {args.out}")
+    meta = {**machine(args.device), "prompt_tokens": PROMPT, "new_tokens": NEW, "repeats": args.repeats}
+    write_json(args.out, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ compile + fused AdamW + flash SDPA. Each figure is the median of ``--repeats`` t
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import tempfile
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _report import machine, write_json
 from lmforge.config import load_config
 from lmforge.tokenizer.shards import build_shards
 from lmforge.tokenizer.train import train_char
@@ -140,15 +139,10 @@ def main() -> None:
                 )
     result = {
         "benchmark": "train_throughput",
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "load_average_at_end": os.getloadavg(),
+        "machine": machine(args.device),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"-> {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -85,14 +85,17 @@ def permutations(num_perm: int, seed: int) -> np.ndarray:
     return rng.integers(0, 2**32, size=num_perm, dtype=np.uint32) | np.uint32(1)
 
 
-def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+def signatures(
+    hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, chunk: int = 1 << 13, max_rows: int = 32
+) -> np.ndarray:
     """MinHash signatures (len(counts) x num_perm, uint32) of documents whose shingle hashes are laid end
     to end in ``hashes`` (``counts[i]`` of them for document i).
 
     Each 32-bit shingle hash goes through every permutation ``a*x mod 2**32`` as broadcast multiplies
-    over a few permutations at a time, and a segmented minimum along the contiguous axis
+    over up to ``max_rows`` permutations at a time, and a segmented minimum along the contiguous axis
     (``np.minimum.reduceat``) gives each document's minimum. Documents are taken about ``chunk`` shingles
-    at a time so the temporary matrix stays in cache; 32-bit values (as datasketch uses) keep the
+    at a time, into one reused buffer, so the temporary matrix stays in cache; 32-bit values (as
+    datasketch uses) keep the
     arithmetic SIMD-native. A document with no shingle gets the all-ones signature, which callers must leave
     out.
     """
@@ -100,6 +103,7 @@ def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, chunk: int
     out = np.full((a.size, counts.size), np.iinfo(np.uint32).max, dtype=np.uint32)
     x = np.asarray(hashes, dtype=U32)
     ends = np.cumsum(counts)
+    buf = np.empty(chunk * max_rows, dtype=U32)
     doc0 = 0
     while doc0 < counts.size:
         base = ends[doc0] - counts[doc0]
@@ -108,9 +112,13 @@ def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, chunk: int
         if has.size:
             seg = x[base : ends[doc1 - 1]]
             offsets = ends[has] - counts[has] - base
-            rows = int(np.clip(chunk * 8 // max(seg.size, 1), 1, 8))
+            rows = int(np.clip(chunk * max_rows // max(seg.size, 1), 1, max_rows))
+            if buf.size < rows * seg.size:  # one document longer than the chunk
+                buf = np.empty(rows * seg.size, dtype=U32)
             for r0 in range(0, a.size, rows):
-                phv = a[r0 : r0 + rows, None] * seg[None, :]
+                a_rows = a[r0 : r0 + rows, None]
+                phv = buf[: a_rows.size * seg.size].reshape(a_rows.size, seg.size)
+                np.multiply(a_rows, seg[None, :], out=phv)
                 out[r0 : r0 + rows, has] = np.minimum.reduceat(phv, offsets, axis=1)
         doc0 = doc1
     return np.ascontiguousarray(out.T)
