@@ -146,3 +146,30 @@ def test_eos_ends_each_row_on_its_own(lmf_gpt2_dir):
     cut = generate_ids(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, temperature=0), eos_id=eos)
     assert cut == [row[: row.index(eos)] if eos in row else row for row in free]
     assert len(cut[0]) <= 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch):
+    """oneDNN-packed weights (infer/cpu.py) change the speed of CPU decoding, not its tokens."""
+    import lmforge.infer.generate as gen
+    from lmforge.infer.cpu import packed_for_decode, packing_pays
+
+    model, _ = load_model(lmf_gpt2_dir)
+    model = model.to(dtype)
+    prompts = PROMPTS * 2  # 4+ rows: fp32 packs from 4 rows on
+    if not packing_pays(model, len(prompts)):
+        pytest.skip("oneDNN packing unavailable for this dtype on this CPU")
+    ids = torch.tensor([p[:2] for p in prompts])
+    twin = packed_for_decode(model, len(prompts))
+    assert any(type(m).__name__ == "PackedLinear" for m in twin.modules())
+    with torch.inference_mode():
+        want, got = model(ids).float(), twin(ids).float()
+    assert torch.allclose(got, want, atol=1e-4 if dtype == torch.float32 else 0.0, rtol=1e-4)
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
+    packed = generate_ids(model, prompts, cfg, mode="eager")
+    monkeypatch.setattr(gen, "packing_pays", lambda *_: False)
+    assert generate_ids(model, prompts, cfg, mode="eager") == packed
+    # A weight update (training, loading) invalidates the packed copy.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)
+    assert packed_for_decode(model, len(prompts)) is not twin

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
+from lmforge.infer.cpu import packed_for_decode, packing_pays
 from lmforge.infer.sampling import GenerationConfig, next_token
 from lmforge.models.gpt import GPT
 from lmforge.tokenizer.core import Tokenizer
@@ -147,7 +148,8 @@ def decode_steps(
     Rows that finished (eos) keep receiving ``pad_id``; the loop ends when all rows are done or after
     ``cfg.max_new_tokens`` steps. Break out of the iterator to stop early.
 
-    mode: "eager" attends over the filled cache prefix (cheapest on CPU); "static" uses a fixed-shape
+    mode: "eager" attends over the filled cache prefix (cheapest on CPU, where the linear layers run on
+    oneDNN-packed weights when that pays, see ``infer/cpu.py``); "static" uses a fixed-shape
     DecodeEngine; "compiled" also compiles its step; "graph" compiles and replays it as a CUDA graph.
     "auto" is "graph" on CUDA and "eager" elsewhere.
     """
@@ -174,6 +176,8 @@ def decode_steps(
 
     if mode == "eager":
         cache = model.new_cache(b, total)
+        if packing_pays(model, b):
+            model = packed_for_decode(model, b)
 
         def step(token: Tensor, pos: Tensor, t: int) -> Tensor:
             kv = key_valid[:, : t + 1] if padded else None
