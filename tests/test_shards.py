@@ -12,6 +12,7 @@ from conftest import corpus_text
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer.shards import build_shards, split_point, token_dtype
+from lmforge.tokenizer.sources import iter_corpus, list_inputs
 from lmforge.tokenizer.train import train_char
 from lmforge.train.data import TokenShards, WindowSampler, sequential_windows
 
@@ -113,3 +114,25 @@ def test_cli_builds_shards(tmp_path, bpe_tokenizer, capsys):
     s = TokenShards(tmp_path / "s")
     assert s.tokenizer().encode("中文") == bpe_tokenizer.encode("中文")
     assert s.split_tokens("val") > 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "jsonl.gz", "parquet"])
+def test_shards_read_an_lmforge_data_output_folder(tmp_path, bpe_tokenizer, fmt):
+    """`lmforge data run` output (zst/gz JSONL or Parquet, plus its report and work files) -> shards."""
+    from lmforge.data.config import DataConfig
+    from lmforge.data.run import run_pipeline
+
+    texts = [f"document number {i} says something different about topic {i * 7}." for i in range(40)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    clean = tmp_path / "clean"
+    cfg = DataConfig(input=[str(src)], output=str(clean), output_format=fmt, stages=[{"exact_dedup": {}}])
+    cfg.progress = False
+    run_pipeline(cfg)
+    assert (clean / "summary.md").is_file() and (clean / "_work").is_dir()
+    files = list_inputs([str(clean)])
+    assert files and all(fmt.split(".")[0] in f.name for f in files)
+    assert sorted(iter_corpus(files)) == sorted(texts)
+    build_shards(iter_corpus(files), bpe_tokenizer, tmp_path / "s", val_fraction=0.0, progress=False)
+    shards = TokenShards(tmp_path / "s")
+    assert shards.split_tokens("train") == sum(len(bpe_tokenizer.encode(t)) + 1 for t in texts)
