@@ -137,20 +137,25 @@ def test_resume_after_crash_skips_finished_shards(shared_data, tmp_path, monkeyp
 
     inputs = small_input(shared_data, tmp_path)
     reference = run_pipeline(fineweb_cfg(inputs, tmp_path / "ref"))
-    real = pipeline._run_segment
+    real, real_write = pipeline._run_segment, pipeline.ShardWriter.write
     calls: list[tuple[int, int]] = []
 
-    def crash_on_shard_2(job, k, shard):
-        calls.append((k, shard))
-        if (k, shard) == (0, 2):
-            raise KeyboardInterrupt  # Ctrl-C half-way through the first segment
-        return real(job, k, shard)
+    def crash_in_shard_2(writer, doc):
+        if writer.path.name.startswith("00002") and writer.count == 1:
+            raise KeyboardInterrupt  # Ctrl-C half-way through writing shard 2 of the first segment
+        real_write(writer, doc)
 
-    monkeypatch.setattr(pipeline, "_run_segment", crash_on_shard_2)
+    monkeypatch.setattr(
+        pipeline, "_run_segment", lambda job, k, shard: calls.append((k, shard)) or real(job, k, shard)
+    )
+    monkeypatch.setattr(pipeline.ShardWriter, "write", crash_in_shard_2)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(fineweb_cfg(inputs, tmp_path / "run"))
+    monkeypatch.setattr(pipeline.ShardWriter, "write", real_write)
     assert calls == [(0, 0), (0, 1), (0, 2)]
-    assert not (tmp_path / "run" / "_work" / "seg0" / "00002.jsonl.zst").exists()  # no half-written shard
+    seg0 = tmp_path / "run" / "_work" / "seg0"
+    assert (seg0 / "00001.jsonl.zst").exists()  # finished shards stay
+    assert not list(seg0.glob("00002*"))  # no half-written shard, not even its temporary file
     calls.clear()
     monkeypatch.setattr(
         pipeline, "_run_segment", lambda job, k, shard: calls.append((k, shard)) or real(job, k, shard)
@@ -188,3 +193,33 @@ def test_cli_run_and_stats(shared_data, tmp_path, capsys):
     assert "| read | 37 | 37 |" in capsys.readouterr().out
     assert main(["data", "stats", str(tmp_path / "missing")]) == 2
     assert "stats.json not found" in capsys.readouterr().err
+
+
+def test_html_stays_html_across_a_dedup_boundary(tmp_path):
+    """URL dedup before extraction: the shards between the two phases still know they hold markup."""
+
+    def body(n: int) -> str:
+        return "<p>" + " ".join(f"page{n} word{i} is here" for i in range(60)) + ".</p>"
+
+    pages = [
+        (f"https://a.example/{i % 2}", f"<html><body><h1>Page {i}</h1>{body(i)}</body></html>")
+        for i in range(3)
+    ]
+    src = tmp_path / "crawl.jsonl"
+    src.write_text(
+        "".join(json.dumps({"url": u, "text": h, "id": str(i)}) + "\n" for i, (u, h) in enumerate(pages))
+    )
+    cfg = DataConfig(
+        input=[str(src)],
+        output=str(tmp_path / "out"),
+        output_format="jsonl",
+        stages=[{"exact_dedup": {"field": "url"}}, "extract"],
+        progress=False,
+    )
+    cfg.reader.html = True
+    report = run_pipeline(cfg)
+    texts = [
+        json.loads(rec)["text"] for shard in outputs(tmp_path / "out").values() for rec in shard.splitlines()
+    ]
+    assert report["documents_kept"] == 2 and len(texts) == 2  # the page repeating URL 0 went
+    assert all(t.startswith("page") and "<" not in t for t in texts), texts  # extracted, not markup

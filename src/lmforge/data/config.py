@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, from_dict, load_config
 from lmforge.data.readers import ReaderConfig
-from lmforge.data.writers import OUTPUT_FORMATS
+from lmforge.data.writers import OutputFormat
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RayConfig:
 class DataConfig:
     input: list[str] = field(default_factory=list)
     output: str = ""
-    output_format: str = "jsonl.zst"
+    output_format: OutputFormat = "jsonl.zst"
     workers: int = 1
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = field(default_factory=RayConfig)
@@ -84,8 +84,6 @@ def validate(cfg: DataConfig) -> list[StageSpec]:
         raise ConfigError("input is not set (input=FILE, FOLDER or GLOB)")
     if not cfg.output:
         raise ConfigError("output is not set (output=FOLDER)")
-    if cfg.output_format not in OUTPUT_FORMATS:
-        raise ConfigError(f"output_format {cfg.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     if cfg.workers < 1:
         raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
     specs = stage_specs(cfg)

@@ -18,16 +18,11 @@ class Document:
     html: bool = False
 
     def to_record(self) -> dict[str, Any]:
-        return {"text": self.text, "id": self.id, "url": self.url, "metadata": self.metadata}
-
-    @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> Document:
-        return cls(
-            text=rec["text"],
-            id=str(rec.get("id", "")),
-            url=rec.get("url") or "",
-            metadata=rec.get("metadata") or {},
-        )
+        """The JSON record; ``"html": true`` marks markup not extracted yet (e.g. between dedup phases)."""
+        rec = {"text": self.text, "id": self.id, "url": self.url, "metadata": self.metadata}
+        if self.html:
+            rec["html"] = True
+        return rec
 
 
 @dataclass(slots=True)

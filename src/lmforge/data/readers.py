@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lmforge.data.document import Document, Skip
 from lmforge.errors import LmforgeError
@@ -32,7 +33,7 @@ Item = Document | Skip
 
 @dataclass
 class ReaderConfig:
-    format: str = "auto"  # auto (by extension) or one of: warc, html, jsonl, parquet, text
+    format: Literal["auto", "warc", "html", "jsonl", "parquet", "text"] = "auto"  # auto: by extension
     text_key: str = "text"
     id_key: str = "id"
     url_key: str = "url"
@@ -229,7 +230,8 @@ def _record_item(rec: dict, cfg: ReaderConfig, fallback_id: str) -> Item:
             meta = {}
     meta = meta if isinstance(meta, dict) else {}
     doc_id = str(rec.get(cfg.id_key) or fallback_id)
-    return Document(text=text, id=doc_id, url=str(rec.get(cfg.url_key) or ""), metadata=meta, html=cfg.html)
+    html = cfg.html or rec.get("html") is True  # lmforge's own records say so themselves
+    return Document(text=text, id=doc_id, url=str(rec.get(cfg.url_key) or ""), metadata=meta, html=html)
 
 
 def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Item]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Literal, get_args
 
 from lmforge.data.document import Document
 from lmforge.errors import LmforgeError
 
-OUTPUT_FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
+OutputFormat = Literal["jsonl", "jsonl.gz", "jsonl.zst", "parquet"]
+OUTPUT_FORMATS = get_args(OutputFormat)
 
 
 class ShardWriter:

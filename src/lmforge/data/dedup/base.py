@@ -52,8 +52,8 @@ class DedupStage:
     name = "dedup"
     reason = "duplicate"  # the funnel reason for removed documents
 
-    def __init__(self, work: Path):
-        self.work = work
+    def __init__(self, cfg: Any, work: Path):
+        self.cfg, self.work = cfg, work  # work: this stage's folder for its intermediate files
 
     def preparer(self, shard: int) -> Preparer:
         return Preparer()

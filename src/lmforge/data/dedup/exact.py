@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,7 +25,7 @@ NO_KEY = 0  # the hash of an empty value; real hashes that happen to be 0 are st
 
 @dataclass
 class ExactDedupConfig:
-    field: str = "text"  # "text", or "url" for URL dedup
+    field: Literal["text", "url"] = "text"  # "url" for URL dedup
 
 
 class _HashPreparer(Preparer):
@@ -49,11 +48,6 @@ class _HashPreparer(Preparer):
 
 class ExactDedup(DedupStage):
     name = "exact_dedup"
-    reason = "duplicate"
-
-    def __init__(self, cfg: ExactDedupConfig, work: Path):
-        super().__init__(work)
-        self.cfg = cfg
 
     def preparer(self, shard: int) -> Preparer:
         return _HashPreparer(self, shard)
@@ -68,7 +62,8 @@ class ExactDedup(DedupStage):
         g = np.concatenate(gids) if gids else np.empty(0, dtype=np.uint64)
         order = np.lexsort((g, h))
         dup = np.zeros(order.size, dtype=bool)
-        dup[1:] = (h[order][1:] == h[order][:-1]) & (h[order][1:] != NO_KEY)
+        hs = h[order]
+        dup[1:] = (hs[1:] == hs[:-1]) & (hs[1:] != NO_KEY)
         save_removals(self.work / "remove", shards, g[order][dup])
         return {"removed": int(dup.sum())}
 

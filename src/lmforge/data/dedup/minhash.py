@@ -89,8 +89,7 @@ class MinHash(DedupStage):
     reason = "near_duplicate"
 
     def __init__(self, cfg: MinHashConfig, work: Path):
-        super().__init__(work)
-        self.cfg = cfg
+        super().__init__(cfg, work)
         self.perms = permutations(cfg.bands * cfg.rows, cfg.seed)
 
     def preparer(self, shard: int) -> Preparer:

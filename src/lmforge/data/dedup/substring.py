@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,10 +87,6 @@ class ExactSubstring(DedupStage):
     name = "exact_substring"
     reason = "too_short_after_cut"
 
-    def __init__(self, cfg: ExactSubstringConfig, work: Path):
-        super().__init__(work)
-        self.cfg = cfg
-
     def finish(self, shards: list[int], read_shard: ShardReader) -> dict[str, Any]:
         tokens: list[str] = []
         spans: list[tuple[int, int]] = []
@@ -99,10 +94,14 @@ class ExactSubstring(DedupStage):
         for s in shards:
             for i, doc in enumerate(read_shard(s)):
                 found = [(m.group(), m.span()) for m in _WORD_RE.finditer(doc.text)]
-                tokens.extend(_norm_token(t) for t, _ in found)
+                tokens.extend(t for t, _ in found)
                 spans.extend(sp for _, sp in found)
                 doc_of.append((s, i, len(found)))
-        vocab, ids = np.unique(np.array(tokens, dtype=str), return_inverse=True)
+        # Normalise each distinct word once, not each occurrence, then map occurrences through.
+        raw_vocab, raw_ids = np.unique(np.array(tokens, dtype=str), return_inverse=True)
+        normalised = np.array([_norm_token(t) for t in raw_vocab], dtype=str)
+        vocab, norm_ids = np.unique(normalised, return_inverse=True)
+        ids = norm_ids[raw_ids]
         counts = np.array([c for _, _, c in doc_of], dtype=np.int64)
         # each document is followed by a separator id of its own
         seq = np.empty(ids.size + counts.size, dtype=np.int64)

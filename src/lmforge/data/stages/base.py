@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lmforge.data.document import Document
 
 
@@ -10,6 +12,9 @@ class Stage:
     reason it is dropped; the runner counts documents, characters and reasons, so stages stay small."""
 
     name = "stage"
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg  # the stage's own config dataclass, validated before any work
 
     def __call__(self, doc: Document) -> str | None:  # pragma: no cover - interface
         raise NotImplementedError

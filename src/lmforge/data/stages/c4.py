@@ -47,9 +47,6 @@ def count_sentences(line: str) -> int:
 class C4Quality(Stage):
     name = "c4"
 
-    def __init__(self, cfg: C4Config):
-        self.cfg = cfg
-
     def __call__(self, doc: Document) -> str | None:
         c = self.cfg
         kept: list[str] = []

@@ -62,7 +62,7 @@ class Extract(Stage):
     def __init__(self, cfg: ExtractConfig):
         import trafilatura  # noqa: F401  (fail at build time, not on the first page, if it is missing)
 
-        self.cfg = cfg
+        super().__init__(cfg)
         self.newlines_re = regex.compile(rf"\n{{{cfg.max_newlines + 1},}}") if cfg.max_newlines else None
 
     def __call__(self, doc: Document) -> str | None:

@@ -29,9 +29,6 @@ class FineWebConfig:
 class FineWebQuality(Stage):
     name = "fineweb"
 
-    def __init__(self, cfg: FineWebConfig):
-        self.cfg = cfg
-
     def __call__(self, doc: Document) -> str | None:
         c, text = self.cfg, doc.text
         lines = [ln for ln in text.split("\n") if ln.strip()]

@@ -65,9 +65,6 @@ def token_arrays(toks: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
 class GopherRepetition(Stage):
     name = "gopher_repetition"
 
-    def __init__(self, cfg: GopherRepetitionConfig):
-        self.cfg = cfg
-
     def __call__(self, doc: Document) -> str | None:
         text, c = doc.text, self.cfg
         size = max(len(text), 1)
@@ -135,7 +132,7 @@ class GopherQuality(Stage):
     name = "gopher_quality"
 
     def __init__(self, cfg: GopherQualityConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.stop_words = frozenset(STOP_WORDS)
 
     def __call__(self, doc: Document) -> str | None:

@@ -50,7 +50,7 @@ class Language(Stage):
     name = "language"
 
     def __init__(self, cfg: LanguageConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.wanted = set(cfg.languages)
         self.model = _load(cfg.model_path)
 

@@ -40,7 +40,7 @@ class LineCorrections(Stage):
     name = "line_corrections"
 
     def __init__(self, cfg: LineCorrectionsConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         alt = lambda ps: "|".join(map(regex.escape, sorted(ps, key=len, reverse=True)))  # noqa: E731
         self.anywhere = regex.compile(rf"\s?(?:{alt(cfg.anywhere)})", regex.I) if cfg.anywhere else None
         self.prefix = regex.compile(rf"^(?:{alt(cfg.prefixes)})\s?", regex.I) if cfg.prefixes else None

@@ -31,9 +31,6 @@ class Pii(Stage):
 
     name = "pii"
 
-    def __init__(self, cfg: PiiConfig):
-        self.cfg = cfg
-
     def __call__(self, doc: Document) -> str | None:
         if self.cfg.emails:
             emails = cycle(self.cfg.email_replacements)

@@ -50,7 +50,7 @@ class UrlFilter(Stage):
     name = "url_filter"
 
     def __init__(self, cfg: UrlFilterConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.domains = _read_lines(cfg.blocklist_file, "") if cfg.blocklist_file else set()
         self.domains |= {d.lower().strip() for d in cfg.extra_domains}
         self.hard = _read_lines(cfg.hard_words, "url_hard_words.txt")
