@@ -18,7 +18,7 @@ import torch
 
 from conftest import corpus_text
 from lmforge.cli import main
-from lmforge.config import load_config
+from lmforge.config import ConfigError, load_config
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.tokenizer.shards import build_shards
 from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -74,11 +74,14 @@ def test_loss_falls_and_run_folder_is_complete(shards, tmp_path):
     assert [p.name for p in list_checkpoints(run)] == ["step_00000040.pt", "step_00000060.pt"]
     # The exported model loads, generates, and converts to Hugging Face.
     from lmforge.hf.convert import to_hf
-    from lmforge.infer.generate import generate
+    from lmforge.infer.generate import generate_ids
+    from lmforge.infer.sampling import GenerationConfig
     from lmforge.models.io import load_model
 
     model, tok = load_model(run / "model")
-    assert isinstance(generate(model, tok, "The", max_new_tokens=5, temperature=0), str)
+    greedy = GenerationConfig(max_new_tokens=5, temperature=0, stop_at_eos=False)
+    new = generate_ids(model, [tok.encode("The")], greedy)[0]
+    assert len(new) == 5 and all(0 <= t < tok.vocab_size for t in new)
     to_hf(run / "model", tmp_path / "hf")
     assert (tmp_path / "hf" / "config.json").is_file()
 
@@ -181,3 +184,28 @@ def test_param_groups_and_schedule():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[9:]))  # cosine never rises
     assert lr_factor(110, cfg) == pytest.approx(0.1)  # min_lr = lr / 10
+
+
+def test_logged_lr_is_the_rate_used_and_resume_takes_a_new_peak_lr(shards, tmp_path):
+    run = tmp_path / "lr"
+    first = tiny(shards, run, "max_steps=4", "optim.decay_steps=20", "ckpt_every=4", "export=false")
+    Trainer(first).run()
+    resumed = tiny(shards, run, "max_steps=6", "optim.decay_steps=20", "optim.lr=0.0003", "export=false")
+    Trainer(resumed, resume=True).run()
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    # step k's update used lr(k - 1): warmup starts at lr/warmup, not one step ahead
+    assert lrs[1] == pytest.approx(0.003 * lr_factor(0, first))
+    assert lrs[4] == pytest.approx(0.003 * lr_factor(3, first))
+    assert lrs[5] == pytest.approx(0.0003 * lr_factor(4, resumed))  # the resumed config's lr, not the saved
+    assert lrs[6] == pytest.approx(0.0003 * lr_factor(5, resumed))
+
+
+def test_time_budget_and_val_target_stop_the_run(shards, tmp_path):
+    timed = Trainer(tiny(shards, tmp_path / "t", "max_steps=50", "max_minutes=0")).run()
+    assert timed["stopped"] == "max_minutes" and timed["step"] == 0
+    target_cfg = tiny(shards, tmp_path / "v", "max_steps=50", "eval_every=2", "stop_at_val_loss=100")
+    target = Trainer(target_cfg).run()
+    assert target["stopped"] == "val_target" and target["step"] == 2 and target["val_loss"] < 100
+    with pytest.raises(ConfigError, match="log_every must be positive"):
+        tiny(shards, tmp_path / "x", "log_every=0")

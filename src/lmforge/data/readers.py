@@ -120,7 +120,8 @@ def decode(data: bytes, declared: str | None = None) -> str | Skip:
     )
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """A file's bytes, decompressed by its name (.gz, .zst; any case)."""
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -178,7 +179,7 @@ def _warc_item(rec, cfg: ReaderConfig) -> Item:
 
 def read_single(path: Path, cfg: ReaderConfig, html: bool) -> Iterator[Item]:
     try:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             data = f.read(cfg.max_bytes + 1)
     except (OSError, EOFError, zlib.error) as e:
         yield _stream_error(e)
@@ -196,7 +197,7 @@ def read_single(path: Path, cfg: ReaderConfig, html: bool) -> Iterator[Item]:
 
 def read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Item]:
     try:
-        with _open_binary(path) as raw:
+        with open_binary(path) as raw:
             for n, line in enumerate(io.BufferedReader(raw)):
                 if line.strip():
                     yield _json_item(line, cfg, f"{path.name}:{n}")

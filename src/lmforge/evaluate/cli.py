@@ -15,7 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="a shards folder written by `lmforge shards`")
     p.add_argument("--split", default="val")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the run's, else 256)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="window length (default: the run's, else the model's context)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
     p.add_argument("--device", default="auto")

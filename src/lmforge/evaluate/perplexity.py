@@ -21,14 +21,14 @@ from lmforge.train.data import TokenShards, sequential_windows
 def load_for_eval(path: str | Path, device: str = "auto") -> tuple[GPT, int]:
     """A model from a model folder, or from a run folder (its exported model, else its last
     checkpoint); with the window length to score at (the run's training length where known)."""
-    from lmforge.config import from_dict, read_yaml
+    from lmforge.config import load_config
     from lmforge.models.io import load_model
     from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint
     from lmforge.train.config import TrainConfig
     from lmforge.train.distributed import pick_device
 
     p, dev = Path(path), pick_device(device)
-    run_cfg = from_dict(TrainConfig, read_yaml(p / "config.yaml")) if (p / "config.yaml").is_file() else None
+    run_cfg = load_config(TrainConfig, p / "config.yaml") if (p / "config.yaml").is_file() else None
     if (p / "config.json").is_file():
         model, _ = load_model(p, device=dev)
     elif (p / "model" / "config.json").is_file():

@@ -8,7 +8,7 @@ folder that ``lmforge data`` wrote gives its shards only.
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,15 +60,9 @@ def list_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _open(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    if path.suffix == ".zst":
-        import io
+    from lmforge.data.readers import open_binary  # one place knows compressed files
 
-        import zstandard  # in the `data` extra, which writes these files
-
-        return io.TextIOWrapper(zstandard.open(path, "rb"), encoding="utf-8-sig")
-    return path.open("r", encoding="utf-8-sig")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig")
 
 
 def _parquet_texts(path: Path, text_key: str) -> Iterator[str]:

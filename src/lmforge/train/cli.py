@@ -54,7 +54,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if trainer.env.is_main:
         val = (
             f", val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})"
-            if summary["val_loss"]
+            if summary["val_loss"] is not None
             else ""
         )
         print(f"step {summary['step']}: loss {summary['loss']:.4f}{val}; run folder {cfg.out_dir}")

@@ -58,15 +58,19 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "keep_last")
-        for name in (*positive, "log_every", "eval_batches", "vocab_multiple"):
+        positive = [
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "ckpt_every",
+            "keep_last",
+            "log_every",
+        ]
+        for name in (*positive, "eval_batches", "vocab_multiple"):
             if getattr(self, name) < (1 if name in positive else 0):
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )
-
-    @property
-    def min_lr(self) -> float:
-        return self.optim.lr / 10 if self.optim.min_lr is None else self.optim.min_lr

@@ -52,6 +52,10 @@ class TokenShards:
     def split_tokens(self, split: str) -> int:
         return sum(end - start for _, start, end in self.ranges(split))
 
+    def pieces(self, split: str, seq_len: int) -> list[tuple[int, int, int]]:
+        """The split's contiguous stretches long enough for one window of ``seq_len`` + 1 tokens."""
+        return [(f, s, e) for f, s, e in self.ranges(split) if e - s > seq_len]
+
 
 class WindowSampler:
     """Random (input, target) windows of ``seq_len`` tokens from one split; rows are sliced per rank."""
@@ -70,7 +74,7 @@ class WindowSampler:
             raise LmforgeError(f"global batch {global_batch} is not divisible by {world_size} processes")
         self.shards, self.split, self.seq_len = shards, split, seq_len
         self.global_batch, self.seed, self.rank, self.world_size = global_batch, seed, rank, world_size
-        self.pieces = [(f, s, e) for f, s, e in shards.ranges(split) if e - s > seq_len]
+        self.pieces = shards.pieces(split, seq_len)
         if not self.pieces:
             raise LmforgeError(
                 f"{shards.directory}: the {split} split has no stretch of {seq_len + 1} tokens; "

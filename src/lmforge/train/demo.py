@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.config import load_config
 from lmforge.models.gpt import GPT
@@ -35,17 +34,29 @@ def demo_corpus() -> list[str]:
 
 
 def seconds_per_step(cfg: TrainConfig, vocab_size: int, steps: int = 6) -> float:
-    """Time a few optimizer steps of a throwaway copy of the model on random tokens."""
+    """Time a few optimizer steps of a throwaway copy of the model on random tokens, on the device
+    (and with the precision and threads) the run will use."""
+    from lmforge.train.distributed import pick_device
+    from lmforge.train.trainer import compute_dtype
+
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
-    model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.data.seq_len))
+    x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.data.seq_len), device=device)
+    dtype = compute_dtype(cfg, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings = []
     for _ in range(steps + 2):  # the first two warm up allocators and caches
         start = time.perf_counter()
-        F.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model.loss(x, x)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         timings.append(time.perf_counter() - start)
     return statistics.median(timings[2:]) * cfg.grad_accum
 
@@ -84,8 +95,7 @@ def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -
     )
     summary = trainer.run()
 
-    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in trainer.metrics.records() if "loss" in r]
     model, tok = load_model(out / "run" / "model")
     torch.manual_seed(seed)
     samples = [p + generate(model, tok, p, max_new_tokens=60, temperature=0.8, top_k=40) for p in PROMPTS]

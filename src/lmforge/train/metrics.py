@@ -35,7 +35,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, resume_step: int | None):
         self.path = run_dir / "metrics.jsonl"
         self.png = run_dir / "loss.png"
         if resume_step is not None and self.path.exists():
@@ -49,13 +49,12 @@ class MetricsLog:
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is an optional extra (lmforge[train])
-                pass
-            else:
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra (lmforge[train])
+            pass
+        else:
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
 
     def log(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -80,14 +79,17 @@ class MetricsLog:
             return None
         records = self.records()
         fig, ax = plt.subplots(figsize=(7, 4))
+        plotted = False
         for key, style in (("loss", "-"), ("val_loss", "o-")):
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
                 ax.plot(*zip(*points), style, label=key, markersize=3)
+                plotted = True
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if plotted:
+            ax.legend()
         fig.tight_layout()
         fig.savefig(self.png, dpi=100)
         plt.close(fig)

@@ -53,7 +53,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-    floor = cfg.min_lr / o.lr if o.lr else 0.0
+    min_lr = o.lr / 10 if o.min_lr is None else o.min_lr
+    floor = min_lr / o.lr if o.lr else 0.0
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

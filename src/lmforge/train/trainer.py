@@ -28,7 +28,7 @@ from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_c
 from lmforge.train.config import TrainConfig
 from lmforge.train.data import TokenShards, WindowSampler
 from lmforge.train.metrics import MetricsLog, peak_flops
-from lmforge.train.optim import build_optimizer, build_scheduler
+from lmforge.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -87,7 +87,7 @@ class Trainer:
             self.shards, "train", cfg.data.seq_len, micro * cfg.grad_accum * world, cfg.seed, env.rank, world
         )
         self.val_data = None  # same global batch as training, so val numbers do not depend on world size
-        if self.shards.split_tokens("val") > cfg.data.seq_len and cfg.eval_batches:
+        if cfg.eval_batches and self.shards.pieces("val", cfg.data.seq_len):
             self.val_data = WindowSampler(
                 self.shards, "val", cfg.data.seq_len, self.train_data.global_batch, cfg.seed, env.rank, world
             )
@@ -134,6 +134,7 @@ class Trainer:
             )
         clip = self.cfg.optim.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the rate this update uses (for the log)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -194,6 +195,11 @@ class Trainer:
         state = load_checkpoint(path)
         D.load_full_state(self.wrapped, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The saved optimizer and schedule carry the old peak lr: the resumed run's config decides it.
+        peak = self.cfg.optim.lr
+        self.scheduler.base_lrs = [peak] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = peak, peak * lr_factor(state["step"], self.cfg)
         for key in ("step", "tokens_seen", "elapsed", "best_val", "evals_since_best"):
             setattr(self, key, state[key])
         torch.set_rng_state(state["rng"]["cpu"])
@@ -254,7 +260,7 @@ class Trainer:
         started, elapsed0 = time.monotonic(), self.elapsed
         window_start, window_tokens = time.monotonic(), self.tokens_seen
         loss, val, stopped = math.nan, None, "max_steps"
-        saved_at = self.step if self.last_checkpoint else -1
+        saved_at, state = (self.step if self.last_checkpoint else -1), None  # last checkpoint's step, state
         self.model.train()
         try:
             while self.step < cfg.max_steps:
@@ -273,7 +279,7 @@ class Trainer:
                     record = {
                         "step": self.step,
                         "loss": loss,
-                        "lr": self.scheduler.get_last_lr()[0],
+                        "lr": self.last_lr,
                         "grad_norm": float(
                             grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                         ),
@@ -296,13 +302,15 @@ class Trainer:
                         stopped = "val_target"
                         break
                 if self.step % cfg.ckpt_every == 0:
-                    self.save()
-                    saved_at = self.step
+                    state, saved_at = self.save(), self.step
         finally:
             bar.close()
         if self.step % cfg.eval_every != 0 and stopped not in ("early_stop", "val_target"):
             val = self._eval_and_log()
-        state = self.save() if saved_at != self.step else self._state()
+        if saved_at != self.step:
+            state = self.save()
+        elif state is None:  # resumed at a finished step: nothing new to save, but export needs the weights
+            state = self._state()
         model_dir = self.export(state["model"]) if cfg.export and env.is_main else None
         D.barrier(env)
         if self.metrics is not None:
