@@ -1,25 +1,38 @@
-"""What every benchmark records next to its figures: the machine it ran on and how loaded it was."""
+"""What every benchmark records beside its figures: the machine, its load, and medians with ranges."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
 
-
-def machine(device: str = "cpu") -> dict[str, Any]:
-    """Device name, threads, CPUs, torch version and the load average (these machines are noisy)."""
-    on_cuda = device.startswith("cuda")
-    return {
-        "device": torch.cuda.get_device_name() if on_cuda else (platform.processor() or "cpu"),
-        "threads": torch.get_num_threads(),
+def machine(device: str | None = None) -> dict[str, Any]:
+    """CPUs and the load average (these machines are noisy); with ``device``, also the torch device,
+    threads and version."""
+    info: dict[str, Any] = {
+        "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
-        "torch": torch.__version__,
         "load_average": os.getloadavg(),
+    }
+    if device is not None:
+        import torch
+
+        on_cuda = device.startswith("cuda")
+        info["device"] = torch.cuda.get_device_name() if on_cuda else info["processor"]
+        info.update(threads=torch.get_num_threads(), torch=torch.__version__)
+    return info
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and range of repeated measurements."""
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
     }
 
 

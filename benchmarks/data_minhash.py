@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_pipeline import SHARED, machine, summary  # the sibling benchmark (this folder is on sys.path)
+from _report import machine, summary  # this folder is on sys.path when a benchmark runs
+from data_pipeline import SHARED
 
 
 def load_texts() -> list[str]:

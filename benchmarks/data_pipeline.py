@@ -16,11 +16,12 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, summary  # this folder is on sys.path when a benchmark runs
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 STAGES = ["url_filter", "extract", "gopher_repetition", "gopher_quality", "c4", "fineweb"]
@@ -124,23 +125,6 @@ def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> floa
     t0 = time.perf_counter()
     run_pipeline(cfg)
     return time.perf_counter() - t0
-
-
-def machine() -> dict:
-    """CPUs and the load average after the figures were taken: other work on the box skews them."""
-    return {
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "loadavg_1m": os.getloadavg()[0],
-    }
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(values), 2),
-        "min": round(min(values), 2),
-        "max": round(max(values), 2),
-    }
 
 
 def compare(pages: list[dict], repeats: int) -> dict:

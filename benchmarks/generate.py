@@ -23,6 +23,7 @@ from lmforge.hf.convert import FAMILIES, config_from_hf
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.gpt import GPT
+from lmforge.models.io import check_state_dict, model_state_dict
 
 PROMPT, NEW = 16, 128
 
@@ -51,7 +52,8 @@ def build(device: str, dtype: torch.dtype) -> tuple[GPT2LMHeadModel, GPT]:
     cfg = config_from_hf(hf_cfg.to_dict())
     ours = GPT(cfg)
     state = FAMILIES["gpt2"][0](hf.state_dict(), cfg)
-    ours.load_state_dict(state, strict=False)
+    check_state_dict(model_state_dict(ours), state, "GPT2LMHeadModel")  # every tensor, nothing random left
+    ours.load_state_dict(state, strict=False)  # the tied head is the embedding, not a tensor of its own
     return hf.to(device, dtype), ours.to(device, dtype).eval()
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--modes", nargs="+", default=["auto"], help="auto, eager, static, graph")
+    ap.add_argument("--modes", nargs="+", default=["auto"], help="auto, eager, static, compiled, graph")
     ap.add_argument("--hf-cache", nargs="+", default=["dynamic"], choices=["dynamic", "static"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)

@@ -118,7 +118,7 @@ def main() -> None:
         "target_val_loss": TARGET,
         "nanogpt_reference_s": NANOGPT_S,
         "goal_s": GOAL_S,
-        "machine": machine(),
+        "machine": machine("cpu"),
         "summary": summary,
         "runs": runs,
     }

@@ -13,7 +13,6 @@ compile + fused AdamW + flash SDPA. Each figure is the median of ``--repeats`` t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -97,7 +96,7 @@ def measure(case: str, device: str, compile: bool, steps: int, repeats: int, tmp
     peak = peak_flops(trainer.env.device, trainer.dtype)
     row = {
         "case": case,
-        "device": torch.cuda.get_device_name() if kind == "cuda" else platform.processor() or "cpu",
+        "device": machine(device)["device"],
         "dtype": str(trainer.dtype).removeprefix("torch."),
         "compile": compile,
         "batch": b,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up lmforge in ./.venv on a fresh machine: the CPU build of PyTorch first (a plain `torch` would pull
-# the multi-GB CUDA build; a machine that already has a GPU build keeps it), then lmforge with its dev extras.
+# Set up lmforge in ./.venv on a fresh machine: PyTorch 2.13 first, pinned (on these machines pip's config
+# finds the CPU wheel on disk; a venv that already has a torch build, e.g. a CUDA one, keeps it), then
+# lmforge with its dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

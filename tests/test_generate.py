@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
+from lmforge.infer.cpu import ENGINES_KEY
 from lmforge.infer.generate import complete, decode_steps, generate, generate_ids, stream_batch
 from lmforge.infer.sampling import GenerationConfig, apply_repetition_penalty, top_k_filter, top_p_filter
 from lmforge.models.io import load_model
@@ -135,7 +136,8 @@ def test_compiled_engine_matches_eager(lmf_fixture, request):
     cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False)
     expected = generate_ids(model, PROMPTS, cfg, mode="eager")
     assert generate_ids(model, PROMPTS, cfg, mode="compiled") == expected
-    assert generate_ids(model, PROMPTS[:1] * 3, cfg, mode="compiled") == [expected[0]] * 3  # engine reused
+    assert generate_ids(model, PROMPTS[:1] * 3, cfg, mode="compiled") == [expected[0]] * 3
+    assert len(model.__dict__[ENGINES_KEY]) == 1  # same batch and length: the compiled engine was reused
 
 
 def test_eos_ends_each_row_on_its_own(lmf_gpt2_dir):
@@ -169,6 +171,12 @@ def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch
     packed = generate_ids(model, prompts, cfg, mode="eager")
     monkeypatch.setattr(gen, "packing_pays", lambda *_: False)
     assert generate_ids(model, prompts, cfg, mode="eager") == packed
+    # Hooks and training mode would be bypassed by a copy: those models decode unpacked.
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: out)
+    assert not packing_pays(model, len(prompts))
+    handle.remove()
+    assert not packing_pays(model.train(), len(prompts))
+    model.eval()
     # A weight update (training, loading) invalidates the packed copy.
     with torch.no_grad():
         model.lm_head.weight.mul_(2)

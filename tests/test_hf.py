@@ -29,7 +29,8 @@ def test_import_matches_transformers_logits(family, request, tmp_path):
     x = _ids(model.config.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=0)
-    assert tok is not None and tok.eos_id is not None and tok.encode("def f(x):") == tok.encode("def f(x):")
+    hf_tok = PreTrainedTokenizerFast.from_pretrained(hf_dir)
+    assert tok.eos_id is not None and tok.encode("def f(x): 中文") == hf_tok("def f(x): 中文")["input_ids"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

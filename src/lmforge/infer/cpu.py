@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from lmforge.models.gpt import GPT
 
+ENGINES_KEY = "_decode_engines"  # where infer.generate caches a model's fixed-shape decode engines
+
 
 class PackedLinear(nn.Module):
     """``y = x W^T + b`` with W re-laid out for oneDNN (for inference only: no gradient flows)."""
@@ -31,10 +33,13 @@ class PackedLinear(nn.Module):
 
 
 def packing_pays(model: GPT, batch: int) -> bool:
-    """Whether a packed copy decodes faster: CPU, oneDNN present, bf16 (any batch) or fp32 (batch >= 4)."""
+    """Whether a packed copy decodes faster: CPU, oneDNN present, bf16 (any batch) or fp32 (batch >= 4);
+    never for a model in training mode or one with forward hooks, which the copy would not honour."""
     weight = model.lm_head.weight
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or model.training:
         return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return False  # a copy would bypass the hooks (they must see every decode step)
     if weight.dtype == torch.bfloat16:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return weight.dtype == torch.float32 and batch >= 4
@@ -51,13 +56,13 @@ def packed_for_decode(model: GPT, batch: int) -> GPT:
     if cached is not None and cached[0] == version:
         return cached[1]
     model.__dict__.pop("_packed_decode", None)
-    engines = model.__dict__.pop("_decode_engines", None)  # caches that the copy must not duplicate
+    engines = model.__dict__.pop(ENGINES_KEY, None)  # caches that the copy must not duplicate
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     try:
         twin = copy.deepcopy(model, memo=shared)
     finally:
         if engines is not None:
-            model.__dict__["_decode_engines"] = engines
+            model.__dict__[ENGINES_KEY] = engines
     try:
         for module in list(twin.modules()):
             for name, child in list(module.named_children()):
@@ -65,6 +70,5 @@ def packed_for_decode(model: GPT, batch: int) -> GPT:
                     setattr(module, name, PackedLinear(child, batch))
     except RuntimeError:  # a oneDNN build without this layout for this CPU: decode with the plain model
         twin = model
-    twin.eval()
     model.__dict__["_packed_decode"] = (version, twin)
     return twin

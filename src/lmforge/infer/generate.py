@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
-from lmforge.infer.cpu import packed_for_decode, packing_pays
+from lmforge.infer.cpu import ENGINES_KEY, packed_for_decode, packing_pays
 from lmforge.infer.sampling import GenerationConfig, next_token
 from lmforge.models.gpt import GPT
 from lmforge.tokenizer.core import Tokenizer
@@ -127,7 +127,7 @@ BUCKET = 128  # engine lengths are rounded up to this, so nearby lengths share o
 
 def get_engine(model: GPT, batch: int, length: int, compile: bool, cuda_graph: bool) -> DecodeEngine:
     max_len = min(-(-length // BUCKET) * BUCKET, model.config.max_seq_len)
-    engines = model.__dict__.setdefault("_decode_engines", {})  # dies with the model
+    engines = model.__dict__.setdefault(ENGINES_KEY, {})  # dies with the model
     key = (batch, max_len, model.lm_head.weight.dtype, compile, cuda_graph)
     if key not in engines:
         engines[key] = DecodeEngine(model, batch, max_len, compile, cuda_graph)

@@ -27,10 +27,15 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = N
 
 
 def scaled_dot_product_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -138,7 +143,7 @@ class MultiHeadAttention(nn.Module):
         k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
         is_causal = mask is None and t > 1  # no explicit mask: keys are exactly the T queries' own positions
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+        y = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout)
         return self.proj(y.transpose(1, 2).reshape(b, t, h * d))
 
 
