@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_file
 from lmforge.config import to_dict
 from lmforge.data.config import RUN_ONLY_KEYS, DataConfig, StageSpec, validate
 from lmforge.data.dedup.base import DedupStage
@@ -163,11 +164,8 @@ class Job:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
     def mark_done(self, task: Task, result: dict[str, Any]) -> None:
-        path = self.work / "done" / task.marker
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result), encoding="utf-8")
-        tmp.replace(path)
+        with atomic_file(self.work / "done" / task.marker) as tmp:
+            tmp.write_text(json.dumps(result), encoding="utf-8")
 
     def cleanup(self) -> None:
         """Drop intermediate shards and dedup files once the run is complete (markers and run.json stay)."""

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lmforge.atomic import atomic_directory
 from lmforge.errors import LmforgeError
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.io import (
-    atomic_directory,
     check_state_dict,
     load_model,
     model_state_dict,

@@ -18,6 +18,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.cpu import ENGINES_KEY, packed_for_decode, packing_pays
 from lmforge.infer.sampling import GenerationConfig, next_token
 from lmforge.models.gpt import GPT
+from lmforge.models.layers import KVCache
 from lmforge.tokenizer.core import Tokenizer
 
 
@@ -61,7 +62,7 @@ class DecodeEngine:
 
     def __init__(self, model: GPT, batch: int, max_len: int, compile: bool, cuda_graph: bool):
         device = model.lm_head.weight.device
-        self.model, self.max_len = model, max_len
+        self.model = model
         self.cache = model.new_cache(batch, max_len)
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -93,21 +94,12 @@ class DecodeEngine:
         with torch.cuda.graph(self.graph):
             self.out = self.fn()
 
-    def prefill(self, ids: Tensor, positions: Tensor, key_valid: Tensor) -> Tensor:
-        """Fill the cache with the prompts (eager: runs once per call) and return the last logits."""
-        p_len = ids.size(1)
+    def reset(self, prompt_valid: Tensor) -> KVCache:
+        """Start a new call: the prompts' padding mask, an empty cache (for the eager prefill to fill)."""
         self.key_valid.fill_(True)
-        self.key_valid[:, :p_len] = key_valid
+        self.key_valid[:, : prompt_valid.size(1)] = prompt_valid
         self.cache.length = 0
-        padded = not bool(key_valid.all())
-        logits = self.model(
-            ids,
-            positions=positions,
-            key_valid=key_valid if padded else None,
-            cache=self.cache,
-            last_only=True,
-        )
-        return logits[:, -1]
+        return self.cache
 
     def step(self, token: Tensor, pos: Tensor, t: int) -> Tensor:
         """Logits after feeding ``token`` (B,) at cache slot ``t`` with positions ``pos`` (B, 1)."""
@@ -183,14 +175,12 @@ def decode_steps(
             kv = key_valid[:, : t + 1] if padded else None
             return model(token[:, None], positions=pos, key_valid=kv, cache=cache, last_only=True)[:, -1]
 
-        kv = key_valid[:, :p_len] if padded else None
-        logits = model(history[:, :p_len], positions=positions, key_valid=kv, cache=cache, last_only=True)[
-            :, -1
-        ]
     else:
         engine = get_engine(model, b, total, compile=mode != "static", cuda_graph=mode == "graph")
-        step = engine.step
-        logits = engine.prefill(history[:, :p_len], positions, key_valid[:, :p_len])
+        cache, step = engine.reset(key_valid[:, :p_len]), engine.step
+    # Prefill: the prompts run once, eagerly, and fill the cache.
+    kv = key_valid[:, :p_len] if padded else None
+    logits = model(history[:, :p_len], positions=positions, key_valid=kv, cache=cache, last_only=True)[:, -1]
 
     pos = positions[:, -1:]
     finished = torch.zeros(b, dtype=torch.bool, device=device)

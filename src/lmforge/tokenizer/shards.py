@@ -140,7 +140,7 @@ def build_shards(
     """Tokenize ``documents`` into a shards folder (written atomically); returns its index."""
     from tqdm import tqdm
 
-    from lmforge.models.io import atomic_directory
+    from lmforge.atomic import atomic_directory
 
     if tokenizer.eos_id is None:
         raise LmforgeError("the tokenizer has no eos token; shards need one to separate documents")

@@ -7,13 +7,13 @@ never a torn file. Loading ignores leftover temporary files.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmforge.atomic import atomic_file
 from lmforge.errors import LmforgeError
 
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -41,17 +41,12 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep_
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"step_{step:08d}.pt"
-    tmp = d / f".{final.name}.tmp{os.getpid()}"
-    with tmp.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_file(final, fsync=True) as tmp:
+        torch.save(state, tmp)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     for stale in d.glob(".step_*.tmp*"):  # left by a killed run
-        if stale != tmp:
-            stale.unlink(missing_ok=True)
+        stale.unlink(missing_ok=True)
     return final
 
 

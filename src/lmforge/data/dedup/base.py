@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.atomic import atomic_file
 from lmforge.data.document import Document
 
 ShardReader = Callable[[int], Iterator[Document]]
@@ -73,10 +74,8 @@ class DedupStage:
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
     """Write an array so that a crash never leaves a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+    with atomic_file(path) as tmp, tmp.open("wb") as f:
+        np.save(f, array)
 
 
 def save_removals(folder: Path, shards: list[int], gids: np.ndarray) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import regex
 
+from lmforge.atomic import atomic_file
 from lmforge.data.dedup.base import Decisions, DedupStage, ShardReader
 
 _WORD_RE = regex.compile(r"\w+")
@@ -124,9 +125,8 @@ class ExactSubstring(DedupStage):
                 cut_docs += 1
             offset += c
         for s in shards:
-            path = self.work / "cuts" / f"{s:05d}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(cuts[s]), encoding="utf-8")
+            with atomic_file(self.work / "cuts" / f"{s:05d}.json") as tmp:
+                tmp.write_text(json.dumps(cuts[s]), encoding="utf-8")
         return {"docs_with_cuts": cut_docs, "tokens_cut": int(covered.sum()), "tokens": int(covered.size)}
 
     def decisions(self, shard: int) -> Decisions:
