@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ConfigError
@@ -27,12 +26,14 @@ from lmforge.models.layers import (
     attention_mask,
     make_norm,
 )
+from lmforge.models.losses import IGNORE_INDEX, cross_entropy
 
 
 @dataclass
 class GPTConfig:
     """Shape and flavour of a decoder; ``None`` fields take the family's usual default."""
 
+    arch: Literal["gpt"] = "gpt"  # the registry's name for this family (models/registry.py)
     vocab_size: int = 50257
     max_seq_len: int = 1024
     n_layer: int = 12
@@ -90,6 +91,8 @@ def preset(name: str, overrides: list[str] | None = None) -> GPTConfig:
 
 class GPT(nn.Module):
     """Token embeddings -> n_layer pre-norm blocks -> final norm -> vocabulary logits."""
+
+    config_class = GPTConfig
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -168,10 +171,9 @@ class GPT(nn.Module):
         x = self.norm_f(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 
-    def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
         """Mean cross-entropy -1/N sum_t log p(target_t | input_<=t); ``ignore_index`` targets skipped."""
-        logits = self(input_ids)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+        return cross_entropy(self(input_ids), targets, ignore_index)
 
     def sequence_log_prob(self, input_ids: Tensor) -> Tensor:
         """log p(x_2..x_T | x_1) = sum_t log p(x_t | x_<t), by the chain rule; one value per row."""

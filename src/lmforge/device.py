@@ -1,0 +1,29 @@
+"""Device and precision choice, one place for every stage (training, evaluation, generation, serving).
+
+``auto`` means: CUDA when present, else the CPU; bf16 on CUDA, fp32 on the CPU (CPU bf16 is opt-in: it
+pays only where the CPU has AMX/AVX-512-BF16).
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available else cpu; anything else as torch spells it (cpu, cuda, cuda:1)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; else the named dtype (float32, bfloat16, float16)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
+    return DTYPES[name]
