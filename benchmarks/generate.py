@@ -19,11 +19,12 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from _report import machine, write_json
-from lmforge.hf.convert import FAMILIES, config_from_hf
+from lmforge.hf.convert import import_state
+from lmforge.hf.registry import by_model_type
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.gpt import GPT
-from lmforge.models.io import check_state_dict, model_state_dict
+from lmforge.models.io import model_state_dict
 
 PROMPT, NEW = 16, 128
 
@@ -49,10 +50,11 @@ def build(device: str, dtype: torch.dtype) -> tuple[GPT2LMHeadModel, GPT]:
     torch.manual_seed(0)
     hf_cfg = GPT2Config()  # 124M: 12 layers, 12 heads, 768 dims, 1024 positions, vocab 50257
     hf = GPT2LMHeadModel(hf_cfg).eval()
-    cfg = config_from_hf(hf_cfg.to_dict())
+    adapter = by_model_type("gpt2")
+    cfg = adapter.config_from_hf(hf_cfg.to_dict())
     ours = GPT(cfg)
-    state = FAMILIES["gpt2"][0](hf.state_dict(), cfg)
-    check_state_dict(model_state_dict(ours), state, "GPT2LMHeadModel")  # every tensor, nothing random left
+    # every tensor checked strictly against the model: nothing random left
+    state = import_state(adapter, hf.state_dict(), cfg, model_state_dict(ours), "GPT2LMHeadModel")
     ours.load_state_dict(state, strict=False)  # the tied head is the embedding, not a tensor of its own
     return hf.to(device, dtype), ours.to(device, dtype).eval()
 

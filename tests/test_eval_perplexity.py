@@ -14,8 +14,7 @@ from lmforge.cli import main
 from lmforge.evaluate.perplexity import perplexity
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.io import save_model
-from lmforge.tokenizer.shards import build_shards
-from lmforge.train.data import TokenShards
+from lmforge.tokenizer.shards import TokenShards, build_shards
 
 
 @pytest.fixture(autouse=True)

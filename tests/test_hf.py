@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,8 +11,12 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
+from lmforge.hf import registry
 from lmforge.hf.convert import from_hf, to_hf
-from lmforge.models.io import load_model
+from lmforge.hf.gpt2 import GPT2Adapter
+from lmforge.hf.llama import LlamaAdapter
+from lmforge.models.gpt import GPTConfig
+from lmforge.models.io import load_model, read_model_config
 
 FAMILIES = ["hf_gpt2_dir", "hf_llama_dir"]
 
@@ -125,3 +130,68 @@ def test_model_folder_is_written_atomically(lmf_gpt2_dir, tmp_path, monkeypatch)
         io.save_model(model, tok, out)
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_registry_dispatches_by_model_type(tmp_path):
+    assert registry.model_types() == ["gpt2", "llama"]
+    for model_type, cls in [("gpt2", GPT2Adapter), ("llama", LlamaAdapter)]:
+        adapter = registry.by_model_type(model_type)
+        assert type(adapter) is cls and adapter.model_type == model_type and adapter.lmforge_arch == "gpt"
+    with pytest.raises(LmforgeError, match="model_type 'bert' is not supported; supported: gpt2, llama"):
+        registry.by_model_type("bert")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(
+        LmforgeError, match=r"config\.json: model_type 't5' is not supported; supported: gpt2, llama"
+    ):
+        from_hf(tmp_path, tmp_path / "out")
+
+
+def test_export_picks_the_family_that_fits_the_config():
+    gpt2 = GPTConfig(vocab_size=32, max_seq_len=8, n_layer=1, n_head=2, d_model=16)
+    llama = replace(gpt2, n_kv_head=1, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    assert type(registry.for_config(gpt2)) is GPT2Adapter
+    assert type(registry.for_config(llama)) is LlamaAdapter
+    mixed = replace(gpt2, norm="rmsnorm")
+    why = r"gpt2: norm='rmsnorm' \(needs 'layernorm'\); llama: pos_emb='learned' \(needs 'rope'\), mlp="
+    with pytest.raises(LmforgeError, match=why):
+        registry.for_config(mixed)
+
+
+@pytest.mark.parametrize(
+    ("lmf_fixture", "hf_fixture"), [("lmf_gpt2_dir", "hf_gpt2_dir"), ("lmf_llama_dir", "hf_llama_dir")]
+)
+def test_tensor_mapping_round_trips(lmf_fixture, hf_fixture, request):
+    lmf, hf_dir = request.getfixturevalue(lmf_fixture), request.getfixturevalue(hf_fixture)
+    config = read_model_config(lmf)
+    adapter = registry.for_config(config)
+    ours = load_file(str(lmf / "model.safetensors"))
+    back = adapter.state_from_hf(adapter.state_to_hf(ours, config), config)
+    assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
+    # The other way round, from the tensors transformers itself wrote.
+    theirs = load_file(str(hf_dir / "model.safetensors"))
+    theirs = {k: v for k, v in theirs.items() if not adapter.ignored(k, config)}
+    again = adapter.state_to_hf(adapter.state_from_hf(theirs, config), config)
+    assert again.keys() == theirs.keys() and all(torch.equal(again[k], theirs[k]) for k in theirs)
+
+
+def test_gpt2_checkpoint_without_module_prefix(hf_gpt2_dir, lmf_gpt2_dir, tmp_path):
+    bare = tmp_path / "bare"  # what a GPT2Model (no LM head) saves
+    shutil.copytree(hf_gpt2_dir, bare)
+    sd = load_file(str(bare / "model.safetensors"))
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, str(bare / "model.safetensors"))
+    a = load_file(str(lmf_gpt2_dir / "model.safetensors"))
+    b = load_file(str(from_hf(bare, tmp_path / "out") / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_errors_name_the_file_and_field(hf_gpt2_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_gpt2_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "activation_function": "relu"}))
+    with pytest.raises(LmforgeError, match=r"bad/config\.json: GPT-2 activation_function 'relu'"):
+        from_hf(bad, tmp_path / "out")
+    del cfg["n_head"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LmforgeError, match=r"bad/config\.json: missing field 'n_head'"):
+        from_hf(bad, tmp_path / "out")

@@ -2,19 +2,23 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from lmforge.models.layers import (
+    Block,
+    CrossAttention,
     GeluMLP,
     KVCache,
     MultiHeadAttention,
-    RMSNorm,
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,
     attention_mask,
     attention_reference,
+    decode_positions_and_mask,
+    make_norm,
     repeat_kv,
     scaled_dot_product_attention,
 )
@@ -39,7 +43,7 @@ def test_fast_attention_matches_reference_causal_and_padded():
         scaled_dot_product_attention(q, k, v, is_causal=True), attention_reference(q, k, v, causal)
     )
     key_valid = torch.tensor([[False, False, True, True, True, True], [True] * 6])
-    mask = attention_mask(key_valid, 6)
+    mask = attention_mask(key_valid, 6, causal=True)
     fast = scaled_dot_product_attention(q, k, v, mask)
     ref = attention_reference(q, k, v, mask)
     torch.testing.assert_close(fast[:, :, 2:], ref[:, :, 2:], atol=1e-6, rtol=1e-5)
@@ -49,8 +53,86 @@ def test_fast_attention_matches_reference_causal_and_padded():
     torch.testing.assert_close(scaled_dot_product_attention(q, k2, v, mask)[0, :, 2:], fast[0, :, 2:])
 
 
+# Row b, query i, key j: may query i see key j? Batch row 0 starts with one padding token.
+KEY_VALID = torch.tensor([[False, True, True, True], [True, True, True, True]])
+CAUSAL_PADDED = torch.tensor(
+    [
+        [[1, 1, 1, 1], [0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]],  # query 0 is padding: sees all, unused
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]],
+    ]
+).bool()
+BIDIRECTIONAL_PADDED = torch.tensor([[[0, 1, 1, 1]] * 4, [[1, 1, 1, 1]] * 4]).bool()
+
+
+def heads_by_hand(attn: MultiHeadAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Q, K, V (B, H, T, D) from the fused projection, each query head with its K/V head."""
+    b, t, _ = x.shape
+    h, g, d = attn.n_head, attn.n_kv_head, attn.head_dim
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split([h * d, g * d, g * d], dim=-1)
+    q, k, v = (y.view(b, t, -1, d).transpose(1, 2) for y in (q, k, v))
+    kv_head = [i * g // h for i in range(h)]
+    return q, k[:, kv_head], v[:, kv_head]
+
+
+def merge_by_hand(attn: MultiHeadAttention, y: torch.Tensor) -> torch.Tensor:
+    b, h, t, d = y.shape
+    return y.transpose(1, 2).reshape(b, t, h * d) @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_masks_causal_and_bidirectional(causal):
+    """Causal (decoder): query i sees keys j <= i; bidirectional (encoder): every key; both skip padding."""
+    padded = CAUSAL_PADDED if causal else BIDIRECTIONAL_PADDED
+    assert torch.equal(attention_mask(KEY_VALID, 4, causal=causal)[:, 0], padded)
+    attn = MultiHeadAttention(d_model=16, n_head=4, n_kv_head=2, head_dim=4, bias=True, causal=causal)
+    x = torch.randn(2, 4, 16)
+    q, k, v = heads_by_hand(attn, x)
+    unpadded = torch.ones(4, 4).tril().bool() if causal else torch.ones(4, 4).bool()
+    expected = merge_by_hand(attn, attention_reference(q, k, v, unpadded))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    expected = merge_by_hand(attn, attention_reference(q, k, v, padded[:, None]))
+    mask = attention_mask(KEY_VALID, 4, causal=causal)
+    torch.testing.assert_close(attn(x, mask=mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_after_a_cached_prefix():
+    """New queries are the last keys of the cache: chunk by chunk equals all at once (T > 1, T = 1)."""
+    attn = MultiHeadAttention(d_model=16, n_head=2, n_kv_head=1, head_dim=8, bias=False, causal=True)
+    x = torch.randn(1, 7, 16)
+    cache = KVCache(n_layer=1, batch=1, n_kv_head=1, max_len=7, head_dim=8, dtype=torch.float32, device="cpu")
+    chunks = []
+    for part in (x[:, :3], x[:, 3:6], x[:, 6:]):
+        cache.reserve(part.size(1))
+        chunks.append(attn(part, cache=cache))
+    torch.testing.assert_close(torch.cat(chunks, dim=1), attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_is_its_formula():
+    """softmax(q_i k_j / sqrt(D)) over the memory's unpadded positions j, queries from x (T != S)."""
+    attn = CrossAttention(d_model=16, n_head=4, n_kv_head=2, head_dim=4, bias=True)
+    x, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    memory_valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    w_k, w_v = attn.kv.weight.split(8)
+    b_k, b_v = attn.kv.bias.split(8)
+    expected = torch.zeros(2, 3, 16)
+    for b in range(2):
+        m = memory[b, : int(memory_valid[b].sum())]  # padding is as if absent
+        heads = []
+        for h in range(4):
+            rows, kv_rows = slice(4 * h, 4 * h + 4), slice(4 * (h // 2), 4 * (h // 2) + 4)
+            q = x[b] @ attn.q.weight[rows].T + attn.q.bias[rows]
+            k = m @ w_k[kv_rows].T + b_k[kv_rows]
+            v = m @ w_v[kv_rows].T + b_v[kv_rows]
+            heads.append(torch.softmax(q @ k.T / math.sqrt(4), dim=-1) @ v)
+        expected[b] = torch.cat(heads, dim=-1) @ attn.proj.weight.T + attn.proj.bias
+    mask = attention_mask(memory_valid, 3, causal=False)
+    torch.testing.assert_close(attn(x, memory, mask), expected, atol=1e-5, rtol=1e-5)
+    # the memory's K/V computed once (as for every decode step) give the same output
+    torch.testing.assert_close(attn(x, attn.memory_kv(memory), mask), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_grouped_query_attention_shares_kv_heads():
-    attn = MultiHeadAttention(d_model=32, n_head=4, n_kv_head=2, head_dim=8, bias=False)
+    attn = MultiHeadAttention(d_model=32, n_head=4, n_kv_head=2, head_dim=8, bias=False, causal=True)
     x = torch.randn(2, 5, 32)
     q, k, v = attn.qkv(x).split([32, 16, 16], dim=-1)
     q = q.view(2, 5, 4, 8).transpose(1, 2)
@@ -80,16 +162,77 @@ def test_rotary_gives_relative_positions():
     torch.testing.assert_close(apply_rotary(q, cos, sin).norm(), q.norm())
 
 
-def test_norms_are_their_formulas():
-    x = torch.randn(3, 10)
-    rms = RMSNorm(10, eps=1e-6)
+def layer_norm_formula(x, g, b, eps):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * g + b
+
+
+def rms_norm_formula(x, g, eps):
+    return x / torch.sqrt((x**2).mean(-1, keepdim=True) + eps) * g
+
+
+@pytest.mark.parametrize(("kind", "bias"), [("layernorm", True), ("layernorm", False), ("rmsnorm", False)])
+def test_make_norm_is_the_formula(kind, bias):
+    """make_norm's LayerNorm and RMSNorm against their formulas, on inputs small enough that eps counts."""
+    eps = 1e-5
+    norm = make_norm(kind, 10, eps, bias)
     with torch.no_grad():
-        rms.weight.uniform_(0.5, 2)
-    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * rms.weight
-    torch.testing.assert_close(rms(x), expected)
-    ln = torch.nn.LayerNorm(10)
-    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    torch.testing.assert_close(ln(x), (x - mean) / torch.sqrt(var + 1e-5) * ln.weight + ln.bias)
+        for p in norm.parameters():
+            p.uniform_(0.5, 2)
+    x = 3e-3 * torch.randn(4, 10) + 1e-3  # variance ~ eps: a wrong eps shows
+
+    def formula(eps):
+        if kind == "rmsnorm":
+            return rms_norm_formula(x, norm.weight, eps)
+        return layer_norm_formula(x, norm.weight, norm.bias if bias else 0.0, eps)
+
+    torch.testing.assert_close(norm(x), formula(eps))
+    assert not torch.allclose(norm(x), formula(100 * eps), rtol=1e-2)  # the test sees a 100x eps
+
+
+def tuned_norm(d: int) -> torch.nn.Module:
+    """A LayerNorm with weights and bias far from (1, 0), so that where it sits changes the output."""
+    norm = make_norm("layernorm", d, 1e-5, bias=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    return norm
+
+
+def pre_norm_block(x, memory, attn, cross, mlp, attn_norm, cross_norm, mlp_norm):
+    x = x + attn(attn_norm(x))
+    if cross is not None:
+        x = x + cross(cross_norm(x), memory)
+    return x + mlp(mlp_norm(x))
+
+
+def post_norm_block(x, memory, attn, cross, mlp, attn_norm, cross_norm, mlp_norm):
+    x = attn_norm(x + attn(x))
+    if cross is not None:
+        x = cross_norm(x + cross(x, memory))
+    return mlp_norm(x + mlp(x))
+
+
+@pytest.mark.parametrize("with_cross", [False, True])
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_block_residual_order(norm_position, with_cross):
+    """pre: x + f(Norm(x)); post: Norm(x + f(x)), for self-attention, cross-attention and FFN in turn."""
+    d = 16
+    attn = MultiHeadAttention(d, n_head=2, n_kv_head=2, head_dim=8, bias=True, causal=True)
+    cross = CrossAttention(d, n_head=2, n_kv_head=1, head_dim=8, bias=True) if with_cross else None
+    mlp = GeluMLP(d, 4 * d, bias=True)
+    norms = [tuned_norm(d), tuned_norm(d) if with_cross else None, tuned_norm(d)]
+    block = Block(attn, mlp, norms[0], norms[2], norm_position, cross, norms[1])
+    x, memory = torch.randn(2, 5, d), torch.randn(2, 7, d)
+    expected = {
+        "pre": pre_norm_block(x, memory, attn, cross, mlp, *norms),
+        "post": post_norm_block(x, memory, attn, cross, mlp, *norms),
+    }
+    out = block(x, memory)
+    torch.testing.assert_close(out, expected[norm_position])
+    other = "post" if norm_position == "pre" else "pre"
+    assert not torch.allclose(out, expected[other], atol=1e-2)
 
 
 def test_feed_forward_formulas():
@@ -107,10 +250,29 @@ def test_feed_forward_formulas():
 def test_kv_cache_writes_both_ways():
     cache = KVCache(n_layer=2, batch=1, n_kv_head=2, max_len=6, head_dim=4, dtype=torch.float32, device="cpu")
     k1, v1 = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    assert cache.reserve(3) == 0 and cache.length == 3
     k, v = cache.update(1, k1, v1)
     assert k.shape == (1, 2, 3, 4) and torch.equal(k, k1) and torch.equal(v, v1)
-    cache.length = 3
     k2 = torch.randn(1, 2, 1, 4)
     k, _ = cache.update(1, k2, k2, index=torch.tensor([3]))
     assert k.shape == (1, 2, 6, 4) and torch.equal(k[:, :, 3:4], k2) and torch.equal(k[:, :, :3], k1)
     assert cache.k[0].abs().sum() == 0  # other layers untouched
+    with pytest.raises(ValueError, match="holds 6 positions"):
+        cache.reserve(4)
+
+
+def test_decode_positions_and_mask():
+    """New tokens continue the cache: positions after it; a fixed-shape cache hides its unwritten slots."""
+    cache = KVCache(n_layer=1, batch=2, n_kv_head=1, max_len=5, head_dim=4, dtype=torch.float32, device="cpu")
+    cache.reserve(2)
+    positions, mask = decode_positions_and_mask(torch.zeros(2, 2, dtype=torch.long), cache=cache)
+    assert positions.tolist() == [[2, 3]] * 2 and mask is None and cache.length == 4
+    token = torch.zeros(2, 1, dtype=torch.long)
+    positions, mask = decode_positions_and_mask(token, cache=cache, cache_index=torch.tensor([2]))
+    assert positions.tolist() == [[2]] * 2 and cache.length == 4
+    assert mask[:, 0].tolist() == [[[True, True, True, False, False]]] * 2
+    key_valid = torch.tensor([[False, True, True, True, True], [True] * 5])
+    _, mask = decode_positions_and_mask(
+        token, key_valid=key_valid, cache=cache, cache_index=torch.tensor([3])
+    )
+    assert mask[:, 0].tolist() == [[[False, True, True, True, False]], [[True, True, True, True, False]]]

@@ -11,10 +11,10 @@ import torch
 from conftest import corpus_text
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer.shards import build_shards, split_point, token_dtype
+from lmforge.tokenizer.shards import TokenShards, build_shards, sequential_windows, split_point, token_dtype
 from lmforge.tokenizer.sources import iter_corpus, list_inputs
 from lmforge.tokenizer.train import train_char
-from lmforge.train.data import TokenShards, WindowSampler, sequential_windows
+from lmforge.train.data import WindowSampler
 
 
 @pytest.fixture(scope="module")

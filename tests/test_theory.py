@@ -24,6 +24,17 @@ def test_chain_rule_sequence_probability():
             assert math.isclose(math.exp(float(log_p[b])), prod, rel_tol=1e-4)
 
 
+def test_hidden_states_then_head_are_the_logits():
+    """logits = h_T W_outᵀ: forward(head=False) gives the final-normed h (B, T, d_model) that heads use."""
+    model = GPT(CFG).eval()
+    x = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        hidden = model(x, head=False)
+        assert hidden.shape == (2, 9, 16)
+        torch.testing.assert_close(model.lm_head(hidden), model(x))
+        torch.testing.assert_close(model(x, head=False, last_only=True), hidden[:, -1:])
+
+
 def test_cross_entropy_and_perplexity():
     """CE = -1/N sum log p(target); perplexity = exp(CE) (a uniform model has perplexity = vocab)."""
     model = GPT(CFG).eval()

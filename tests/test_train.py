@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import corpus_text
+from lmforge.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.tokenizer.shards import build_shards
-from lmforge.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmforge.train.config import TrainConfig
 from lmforge.train.optim import lr_factor, param_groups
 from lmforge.train.trainer import NonFiniteLoss, Trainer
@@ -209,3 +209,22 @@ def test_time_budget_and_val_target_stop_the_run(shards, tmp_path):
     assert target["stopped"] == "val_target" and target["step"] == 2 and target["val_loss"] < 100
     with pytest.raises(ConfigError, match="log_every must be positive"):
         tiny(shards, tmp_path / "x", "log_every=0")
+
+
+def test_training_loss_is_the_cross_entropy_formula_and_val_ppl_its_exp(shards, tmp_path):
+    """The loss the loop minimises is -1/N sum_t log softmax(z_t)[x_{t+1}], written out here with a loop
+    over positions; the logged val_ppl is exp(val_loss)."""
+    trainer = Trainer(tiny(shards, tmp_path / "f", "max_steps=2", "eval_every=2", "export=false"))
+    batch = trainer.objective.train_batch(0)
+    with torch.no_grad():
+        logits = trainer.model(batch["input_ids"]).double()
+        terms = [
+            -(logits[b, t, batch["targets"][b, t]] - logits[b, t].exp().sum().log())
+            for b in range(logits.size(0))
+            for t in range(logits.size(1))
+        ]
+        assert trainer.loss(batch).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    (val,) = [r for r in records if "val_loss" in r]
+    assert val["val_ppl"] == pytest.approx(math.exp(val["val_loss"]), rel=1e-12)

@@ -6,46 +6,43 @@ first is predicted once, from the tokens before it in its window.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from lmforge.checkpoint import latest_checkpoint, load_checkpoint
+from lmforge.config import read_yaml
+from lmforge.device import pick_device
 from lmforge.errors import LmforgeError
-from lmforge.models.gpt import GPT
-from lmforge.train.data import TokenShards, sequential_windows
+from lmforge.models import losses, registry
+from lmforge.models.io import load_model
+from lmforge.tokenizer.shards import TokenShards, sequential_windows
 
 
-def load_for_eval(path: str | Path, device: str = "auto") -> tuple[GPT, int]:
+def load_for_eval(path: str | Path, device: str = "auto") -> tuple[nn.Module, int]:
     """A model from a model folder, or from a run folder (its exported model, else its last
     checkpoint); with the window length to score at (the run's training length where known)."""
-    from lmforge.config import load_config
-    from lmforge.models.io import load_model
-    from lmforge.train.checkpoint import latest_checkpoint, load_checkpoint
-    from lmforge.train.config import TrainConfig
-    from lmforge.train.distributed import pick_device
-
     p, dev = Path(path), pick_device(device)
-    run_cfg = load_config(TrainConfig, p / "config.yaml") if (p / "config.yaml").is_file() else None
+    run_cfg = read_yaml(p / "config.yaml") if (p / "config.yaml").is_file() else None
     if (p / "config.json").is_file():
         model, _ = load_model(p, device=dev)
     elif (p / "model" / "config.json").is_file():
         model, _ = load_model(p / "model", device=dev)
     elif run_cfg is not None and (ckpt := latest_checkpoint(p)) is not None:
-        model = GPT(run_cfg.model)
+        model = registry.build(registry.config_from_dict(run_cfg["model"]))
         model.load_state_dict(load_checkpoint(ckpt)["model"])
         model = model.to(dev).eval()
     else:
         raise LmforgeError(f"{p}: neither a model folder nor a run folder with a model or checkpoint")
-    seq_len = run_cfg.data.seq_len if run_cfg is not None else model.config.max_seq_len
+    seq_len = (run_cfg or {}).get("data", {}).get("seq_len", model.config.max_seq_len)
     return model, seq_len
 
 
 @torch.no_grad()
 def perplexity(
-    model: GPT,
+    model: nn.Module,
     shards_dir: str | Path,
     split: str = "val",
     seq_len: int = 256,
@@ -67,8 +64,7 @@ def perplexity(
     def score(rows: list[np.ndarray]) -> None:
         nonlocal nll, count
         w = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
-        logits = model(w[:, :-1]).float()
-        nll += F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+        nll += losses.cross_entropy(model(w[:, :-1]), w[:, 1:], reduction="sum").item()
         count += w[:, 1:].numel()
 
     for window in sequential_windows(shards, split, seq_len):
@@ -83,4 +79,10 @@ def perplexity(
     if count == 0:
         raise LmforgeError(f"the {split} split holds no window of {seq_len + 1} tokens; lower --seq-len")
     mean = nll / count
-    return {"split": split, "tokens": count, "seq_len": seq_len, "loss": mean, "perplexity": math.exp(mean)}
+    return {
+        "split": split,
+        "tokens": count,
+        "seq_len": seq_len,
+        "loss": mean,
+        "perplexity": losses.perplexity(mean),
+    }

@@ -23,7 +23,7 @@ from lmforge.models.layers import (
     MultiHeadAttention,
     RotaryEmbedding,
     SwiGLU,
-    attention_mask,
+    decode_positions_and_mask,
     make_norm,
 )
 from lmforge.models.losses import IGNORE_INDEX, cross_entropy
@@ -115,7 +115,9 @@ class GPT(nn.Module):
 
     def _block(self) -> Block:
         c = self.config
-        attn = MultiHeadAttention(c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.bias, c.dropout)
+        attn = MultiHeadAttention(
+            c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.bias, c.dropout, causal=True
+        )
         if c.mlp == "gelu":
             mlp = GeluMLP(c.d_model, c.d_ff, c.bias, c.gelu_approximate)
         else:
@@ -140,36 +142,26 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         cache_index: Tensor | None = None,
         last_only: bool = False,
+        head: bool = True,
     ) -> Tensor:
-        """Logits (B, T, vocab) for ``input_ids`` (B, T).
+        """Logits (B, T, vocab) for ``input_ids`` (B, T); with ``head=False`` the final-normed hidden
+        states (B, T, d_model) instead, for task heads (through ``forward``, so DDP/FSDP hooks run).
 
         positions: (B, T) absolute positions (default: after what the cache holds).
         key_valid: (B, S) bool, False at padding, covering every key attended to (cached + new).
         cache / cache_index: the KV cache, and (for fixed-shape decoding) the slots to write.
-        last_only: compute logits for the last position only (all generation needs).
+        last_only: the last position only (all generation needs).
         """
-        b, t = input_ids.shape
-        start = cache.length if cache is not None and cache_index is None else 0
-        if positions is None:
-            positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
+        positions, mask = decode_positions_and_mask(input_ids, positions, key_valid, cache, cache_index)
         x = self.tok_emb(input_ids)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         x = self.drop(x)
         rope = self.rope(positions) if self.rope is not None else None
-
-        mask = None
-        if key_valid is not None:
-            offset = cache_index[0] if cache_index is not None else start
-            mask = attention_mask(key_valid, t, offset)
-        elif cache is not None and start > 0 and t > 1:
-            mask = attention_mask(torch.ones(b, start + t, dtype=torch.bool, device=x.device), t, start)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, cache=cache, layer=i, cache_index=cache_index)
-        if cache is not None and cache_index is None:
-            cache.length += t
         x = self.norm_f(x[:, -1:] if last_only else x)
-        return self.lm_head(x)
+        return self.lm_head(x) if head else x
 
     def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
         """Mean cross-entropy -1/N sum_t log p(target_t | input_<=t); ``ignore_index`` targets skipped."""

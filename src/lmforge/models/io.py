@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lmforge.atomic import atomic_directory
-from lmforge.config import from_dict, to_dict
+from lmforge.config import to_dict
 from lmforge.errors import LmforgeError
-from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models import registry
 from lmforge.tokenizer.core import Tokenizer
 
 FORMAT = "lmforge"
-ARCHITECTURES = {"gpt": (GPT, GPTConfig)}
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], source: str) -> None:
@@ -43,12 +44,28 @@ def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
         raise LmforgeError(f"{source} does not fit the model: " + " | ".join(problems))
 
 
-def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The state dict without the tied duplicate (``lm_head.weight`` is ``tok_emb.weight``)."""
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        sd.pop("lm_head.weight", None)
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: a tied weight (e.g. ``lm_head.weight`` sharing
+    ``tok_emb.weight``) is stored under its first name only."""
+    seen: set[int] = set()
+    sd = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            sd[name] = t.detach().contiguous()
     return sd
+
+
+def tied_parameters(model: nn.Module) -> dict[str, str]:
+    """{name: first name} for every parameter that is the same tensor as an earlier one."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -59,11 +76,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    model: GPT, tokenizer: Tokenizer | None, out_dir: str | Path, extra: dict | None = None
+    model: nn.Module, tokenizer: Tokenizer | None, out_dir: str | Path, extra: dict | None = None
 ) -> Path:
     """Write a model folder atomically; ``extra`` lands in config.json (e.g. training provenance)."""
     with atomic_directory(out_dir) as tmp:
-        meta = {"format": FORMAT, "architecture": "gpt", "model": to_dict(model.config), **(extra or {})}
+        config = model.config
+        meta = {"format": FORMAT, "architecture": config.arch, "model": to_dict(config), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         save_file(model_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -71,7 +89,7 @@ def save_model(
     return Path(out_dir)
 
 
-def read_model_config(model_dir: str | Path) -> GPTConfig:
+def read_model_config(model_dir: str | Path) -> Any:
     d = Path(model_dir)
     path = d / "config.json"
     if not path.is_file():
@@ -88,27 +106,30 @@ def read_model_config(model_dir: str | Path) -> GPTConfig:
         )
         raise LmforgeError(f"{path}: not an lmforge model config{hint}")
     arch = meta.get("architecture")
-    if arch not in ARCHITECTURES:
-        raise LmforgeError(f"{path}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-    return from_dict(ARCHITECTURES[arch][1], meta["model"], "model")
+    if arch not in registry.names():
+        raise LmforgeError(f"{path}: unknown architecture {arch!r}; expected one of {registry.names()}")
+    return registry.config_from_dict({**meta["model"], "arch": arch})
 
 
 def load_model(
     model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> tuple[GPT, Tokenizer | None]:
+) -> tuple[nn.Module, Tokenizer | None]:
     """Load (model, tokenizer) from an lmforge model folder; the model is in eval mode."""
     d = Path(model_dir)
     config = read_model_config(d)
     with torch.device("meta"):
-        model = GPT(config)
+        model = registry.build(config)
     state = read_safetensors(d / "model.safetensors")
     check_state_dict(model_state_dict(model), state, str(d / "model.safetensors"))
-    model = model.to_empty(device=device)
+    tied = tied_parameters(model)
+    model = model.to_empty(device=device)  # materialises each parameter separately: re-tie after
+    for name, first in tied.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(first))
     model.load_state_dict(state, strict=False, assign=False)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    if model.rope is not None:  # non-persistent buffers are not in the file: rebuild them
-        model.rope.reset_tables(device)
+    for module in model.modules():  # non-persistent buffers (e.g. RoPE tables) are not in the file
+        if hasattr(module, "reset_tables"):
+            module.reset_tables(device)
     if dtype is not None:
         model = model.to(dtype)
     has_tok = (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()

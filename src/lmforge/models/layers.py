@@ -8,6 +8,8 @@ Boolean masks are ``True`` where attention is allowed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +54,17 @@ def causal_mask(t: int, s: int, offset: int | Tensor = 0, device: torch.device |
     return torch.arange(s, device=device)[None, :] <= q_pos
 
 
-def attention_mask(key_valid: Tensor, t: int, offset: int | Tensor = 0) -> Tensor:
-    """(B, 1, T, S) mask combining causality with a padding mask ``key_valid`` of shape (B, S).
+def attention_mask(key_valid: Tensor, t: int, *, causal: bool, offset: int | Tensor = 0) -> Tensor:
+    """(B, 1, T, S) mask from a padding mask ``key_valid`` (B, S): no query sees a padding key; with
+    ``causal`` (decoders) query i also sees only keys up to its position offset + i, without it
+    (encoders, cross-attention) every valid key.
 
     A query whose every key is masked (a padding position) is allowed to see all keys instead, so the
     softmax stays finite; its output is never used.
     """
-    allowed = causal_mask(t, key_valid.size(1), offset, key_valid.device)[None] & key_valid[:, None, :]
+    allowed = key_valid[:, None, :].expand(-1, t, -1)
+    if causal:
+        allowed = allowed & causal_mask(t, key_valid.size(1), offset, key_valid.device)
     allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
     return allowed[:, None]
 
@@ -69,8 +75,8 @@ class KVCache:
     Decode step t writes one new key/value per layer and attends over the ``t`` stored ones, so a step
     costs O(t) rather than re-running the whole prefix. Two ways to index it:
 
-    - ``update(layer, k, v)`` with ``self.length`` (a Python int): writes at ``length`` and returns the
-      filled prefix; the eager path, cheapest on CPU.
+    - ``reserve(t)`` claims the next t slots (``length`` grows), then ``update(layer, k, v)`` writes
+      there and returns the filled prefix; the eager path, cheapest on CPU.
     - ``update(layer, k, v, index)`` with a tensor of positions: writes there and returns the whole
       buffer (the caller masks unwritten slots); every shape stays fixed, which CUDA graphs need.
     """
@@ -91,32 +97,101 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    def reserve(self, t: int) -> int:
+        """Claim slots length..length + t for one forward call's new keys; returns the first."""
+        start, end = self.length, self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.length = end
+        return start
+
     def update(self, layer: int, k: Tensor, v: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if index is not None:
             self.k[layer].index_copy_(2, index, k)
             self.v[layer].index_copy_(2, index, v)
             return self.k[layer], self.v[layer]
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        start = self.length - k.size(2)  # the slots the last ``reserve`` claimed
+        self.k[layer, :, :, start : self.length] = k
+        self.v[layer, :, :, start : self.length] = v
+        return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
+
+
+def decode_positions_and_mask(
+    input_ids: Tensor,
+    positions: Tensor | None = None,
+    key_valid: Tensor | None = None,
+    cache: KVCache | None = None,
+    cache_index: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Positions (B, T) and causal self-attention mask of T new tokens, which may continue a KV cache.
+
+    The new tokens start where the cache ends (claimed here), or at slot ``cache_index`` of a
+    fixed-shape cache, whose later, unwritten slots the mask hides. ``key_valid`` (B, S) marks padding
+    among all keys attended to. Mask None: no padding and the queries are the last keys, which causal
+    attention handles without one (training, unpadded prefill and decoding).
+    """
+    b, t = input_ids.shape
+    offset: int | Tensor = 0
+    if cache_index is not None:
+        offset = cache_index[0]
+        if key_valid is None:
+            key_valid = torch.ones(b, cache.max_len, dtype=torch.bool, device=input_ids.device)
+    elif cache is not None:
+        offset = cache.reserve(t)
+    if positions is None:
+        positions = (torch.arange(t, device=input_ids.device) + offset).expand(b, t)
+    mask = None if key_valid is None else attention_mask(key_valid, t, causal=True, offset=offset)
+    return positions, mask
+
+
+def split_heads(x: Tensor, n_head: int) -> Tensor:
+    """(B, T, n_head * D) -> (B, n_head, T, D)."""
+    b, t, _ = x.shape
+    return x.view(b, t, n_head, -1).transpose(1, 2)
+
+
+def multi_head_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout_p: float = 0.0
+) -> Tensor:
+    """Concat(head_1..head_H) for q (B, H, T, D) and k, v (B, G, S, D), as (B, T, H * D).
+
+    ``mask`` given: it alone decides what each query sees (build it with ``attention_mask``). Without
+    one every key is seen, except with ``causal``: then the T queries are the last T of the S keys
+    (S > T after a KV cache's prefix) and each sees the keys up to its own.
+    """
+    b, h, t, d = q.shape
+    s = k.size(2)
+    k, v = repeat_kv(k, h // k.size(1)), repeat_kv(v, h // v.size(1))
+    is_causal = causal and mask is None and t > 1  # one query, the last key: it sees them all
+    if is_causal and t < s:  # the fused kernels' causal mode aligns queries with the first keys
+        mask, is_causal = causal_mask(t, s, s - t, q.device), False
+    y = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p)
+    return y.transpose(1, 2).reshape(b, t, h * d)
 
 
 class MultiHeadAttention(nn.Module):
     """Multi-head (or grouped-query) self-attention: heads_i = Attention(X W_q^i, X W_k^i, X W_v^i).
 
     One fused projection computes Q, K and V; ``n_kv_head < n_head`` gives grouped-query attention.
+    ``causal``: each position sees only itself and earlier ones (decoders); otherwise every position
+    (encoders).
     """
 
     def __init__(
-        self, d_model: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0
+        self,
+        d_model: int,
+        n_head: int,
+        n_kv_head: int,
+        head_dim: int,
+        bias: bool,
+        dropout: float = 0.0,
+        *,
+        causal: bool,
     ):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+        self.n_head, self.n_kv_head, self.head_dim, self.causal = n_head, n_kv_head, head_dim, causal
         self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_head) * head_dim, bias=bias)
         self.proj = nn.Linear(n_head * head_dim, d_model, bias=bias)
         self.dropout = dropout
@@ -130,21 +205,51 @@ class MultiHeadAttention(nn.Module):
         layer: int = 0,
         cache_index: Tensor | None = None,
     ) -> Tensor:
-        b, t, _ = x.shape
         h, g, d = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([h * d, g * d, g * d], dim=-1)
-        q = q.view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(b, t, g, d).transpose(1, 2)  # (B, G, T, D)
-        v = v.view(b, t, g, d).transpose(1, 2)
+        q, k, v = split_heads(q, h), split_heads(k, g), split_heads(v, g)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v, cache_index)
-        k, v = repeat_kv(k, h // g), repeat_kv(v, h // g)
-        is_causal = mask is None and t > 1  # no explicit mask: keys are exactly the T queries' own positions
         dropout = self.dropout if self.training else 0.0
-        y = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout)
-        return self.proj(y.transpose(1, 2).reshape(b, t, h * d))
+        return self.proj(multi_head_attention(q, k, v, mask, self.causal, dropout))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention: heads_i = Attention(X W_q^i, M W_k^i, M W_v^i), queries from the decoder's X,
+    keys and values from the encoder's output M (the memory, of its own length S).
+
+    No rotary positions: queries and keys index different sequences, so their offset means nothing.
+    The memory's K and V are the same at every decode step: ``memory_kv`` computes them once.
+    """
+
+    def __init__(
+        self, d_model: int, n_head: int, n_kv_head: int, head_dim: int, bias: bool, dropout: float = 0.0
+    ):
+        super().__init__()
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+        self.q = nn.Linear(d_model, n_head * head_dim, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * n_kv_head * head_dim, bias=bias)
+        self.proj = nn.Linear(n_head * head_dim, d_model, bias=bias)
+        self.dropout = dropout
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """K, V (B, G, S, D) of the memory (B, S, d_model); compute once, pass to every decode step."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)
+
+    def forward(
+        self, x: Tensor, memory: Tensor | tuple[Tensor, Tensor], mask: Tensor | None = None
+    ) -> Tensor:
+        """``memory``: (B, S, d_model), or its ``memory_kv``; ``mask``: the memory's padding,
+        ``attention_mask(memory_valid, T, causal=False)``."""
+        k, v = memory if isinstance(memory, tuple) else self.memory_kv(memory)
+        q = split_heads(self.q(x), self.n_head)
+        dropout = self.dropout if self.training else 0.0
+        return self.proj(multi_head_attention(q, k, v, mask, causal=False, dropout_p=dropout))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +312,7 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
-    """LayerNorm y = (x - mean) / sqrt(var + eps) * g + b, or RMSNorm."""
+    """LayerNorm y = (x - mean) / sqrt(var + eps) * g (+ b when ``bias``), or RMSNorm."""
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
@@ -242,13 +347,50 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x = x + Attn(Norm(x)); x = x + FFN(Norm(x))."""
+    """Residual block: self-attention, optionally cross-attention, then feed-forward, each sub-layer f
+    wrapped as pre-norm x = x + f(Norm(x)) (GPT-2, Llama) or post-norm x = Norm(x + f(x)) (BERT, BART).
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module):
+    Pre-norm keeps an identity path from input to output (stable deep training); post-norm normalises
+    the residual stream itself, as the original Transformer did. ``cross_attn`` (with ``cross_norm``)
+    makes a decoder block of an encoder-decoder: queries from x, keys/values from the encoder memory.
+    """
+
+    def __init__(
+        self,
+        attn: nn.Module,
+        mlp: nn.Module,
+        attn_norm: nn.Module,
+        mlp_norm: nn.Module,
+        norm_position: Literal["pre", "post"] = "pre",
+        cross_attn: CrossAttention | None = None,
+        cross_norm: nn.Module | None = None,
+    ):
         super().__init__()
+        if norm_position not in ("pre", "post"):
+            raise ValueError(f"unknown norm_position {norm_position!r}; expected 'pre' or 'post'")
+        if (cross_attn is None) != (cross_norm is None):
+            raise ValueError("cross_attn and cross_norm come together")
         self.attn_norm, self.attn = attn_norm, attn
         self.mlp_norm, self.mlp = mlp_norm, mlp
+        self.cross_norm, self.cross_attn = cross_norm, cross_attn
+        self.norm_position = norm_position
 
-    def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), **attn_kwargs)
-        return x + self.mlp(self.mlp_norm(x))
+    def sublayer(self, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """x + f(Norm(x)) (pre-norm) or Norm(x + f(x)) (post-norm)."""
+        if self.norm_position == "pre":
+            return x + f(norm(x))
+        return norm(x + f(x))
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | tuple[Tensor, Tensor] | None = None,
+        memory_mask: Tensor | None = None,
+        **attn_kwargs,
+    ) -> Tensor:
+        """``attn_kwargs`` go to self-attention; ``memory`` (or its K/V) and ``memory_mask`` to
+        cross-attention."""
+        x = self.sublayer(x, self.attn_norm, lambda h: self.attn(h, **attn_kwargs))
+        if self.cross_attn is not None:
+            x = self.sublayer(x, self.cross_norm, lambda h: self.cross_attn(h, memory, memory_mask))
+        return self.sublayer(x, self.mlp_norm, self.mlp)

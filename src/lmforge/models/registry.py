@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from lmforge.config import from_dict
 from lmforge.errors import LmforgeError
 
 _FAMILIES: dict[str, str] = {"gpt": "lmforge.models.gpt:GPT"}
@@ -43,3 +44,8 @@ def config_class(arch: str) -> type:
 def build(config: Any) -> nn.Module:
     """The model that ``config`` describes (its family from ``config.arch``)."""
     return model_class(config.arch)(config)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "model") -> Any:
+    """The typed config of the family ``data["arch"]`` names (``gpt`` when absent: older folders)."""
+    return from_dict(config_class(data.get("arch", "gpt")), data, where)

@@ -1,5 +1,8 @@
 """Token shards: a corpus tokenized once into flat binary files that training memory-maps.
 
+This module writes them (``build_shards``) and reads them (``TokenShards``, memory maps: the corpus is
+never loaded into RAM), so the format lives in one place.
+
 Layout of a shards folder::
 
     index.json                  dtype, vocab size, files, and the train/val token ranges
@@ -197,3 +200,55 @@ def read_index(shards_dir: str | Path) -> dict:
     if index.get("format") != FORMAT:
         raise LmforgeError(f"{path}: not an lmforge shards index")
     return index
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+class TokenShards:
+    """A shards folder: its index, its tokenizer, and memory maps of its files (opened lazily)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.index = read_index(self.directory)
+        self.dtype = np.dtype(self.index["dtype"])
+        self._maps: dict[int, np.memmap] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.index["vocab_size"]
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.directory)
+
+    def file(self, i: int) -> np.memmap:
+        if i not in self._maps:
+            name = self.index["files"][i]["name"]
+            self._maps[i] = np.memmap(self.directory / name, dtype=self.dtype, mode="r")
+        return self._maps[i]
+
+    def ranges(self, split: str) -> list[tuple[int, int, int]]:
+        if split not in self.index["splits"]:
+            raise LmforgeError(f"{self.directory}: no split {split!r}; has {sorted(self.index['splits'])}")
+        return [tuple(r) for r in self.index["splits"][split]]
+
+    def split_tokens(self, split: str) -> int:
+        return sum(end - start for _, start, end in self.ranges(split))
+
+    def pieces(self, split: str, seq_len: int) -> list[tuple[int, int, int]]:
+        """The split's contiguous stretches long enough for one window of ``seq_len`` + 1 tokens."""
+        return [(f, s, e) for f, s, e in self.ranges(split) if e - s > seq_len]
+
+
+def sequential_windows(
+    shards: TokenShards, split: str, seq_len: int, rank: int = 0, world_size: int = 1
+) -> Iterator[np.ndarray]:
+    """Non-overlapping windows of ``seq_len + 1`` tokens covering a split (every ``world_size``-th one
+    for this rank), each window's first token serving only as context; a short tail is dropped."""
+    i = 0
+    for f, start, end in shards.ranges(split):
+        for pos in range(start, end - seq_len, seq_len):
+            if i % world_size == rank:
+                yield shards.file(f)[pos : pos + seq_len + 1]
+            i += 1

@@ -1,4 +1,9 @@
-"""The pretraining config: one YAML file (plus ``key=value`` overrides) describes a whole run."""
+"""The training config: one YAML file (plus ``key=value`` overrides) describes a whole run.
+
+The loop's settings (batching, steps, evaluation, checkpoints, precision, parallelism) are the same for
+every objective; ``objective`` names what is trained (``causal_lm`` on token shards by default), and
+``model.arch`` names the model family, so a config for one family can never build another.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from lmforge.models.gpt import GPTConfig
 
 @dataclass
 class DataConfig:
+    """Where the causal-LM objective reads its tokens."""
+
     shards: str = ""  # a folder written by `lmforge shards`
     seq_len: int = 256  # tokens per training window (<= model.max_seq_len)
 
@@ -33,6 +40,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/pretrain"
+    objective: str = "causal_lm"  # a registered objective (train/objective.py) or 'package.module:Class'
     model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size comes from the shards' tokenizer
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -70,7 +78,7 @@ class TrainConfig:
         for name in (*positive, "eval_batches", "vocab_multiple"):
             if getattr(self, name) < (1 if name in positive else 0):
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
-        if self.data.seq_len > self.model.max_seq_len:
+        if self.objective == "causal_lm" and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )

@@ -12,14 +12,15 @@ import dataclasses
 import json
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from lmforge.config import load_config
-from lmforge.models.gpt import GPT
 from lmforge.train.config import TrainConfig
+from lmforge.train.trainer import Trainer
 
 VOCAB_SIZE = 2048
 PROMPTS = ["The", "In Python,", "A class", "If the"]
@@ -33,32 +34,20 @@ def demo_corpus() -> list[str]:
     return [topics[name].strip() for name in sorted(topics) if topics[name].strip()]
 
 
-def seconds_per_step(cfg: TrainConfig, vocab_size: int, steps: int = 6) -> float:
-    """Time a few optimizer steps of a throwaway copy of the model on random tokens, on the device
-    (and with the precision and threads) the run will use."""
-    from lmforge.train.distributed import pick_device
-    from lmforge.train.trainer import compute_dtype
-
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(0)
-    model = GPT(dataclasses.replace(cfg.model, vocab_size=vocab_size)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.data.seq_len), device=device)
-    dtype = compute_dtype(cfg, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timings = []
-    for _ in range(steps + 2):  # the first two warm up allocators and caches
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model.loss(x, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings[2:]) * cfg.grad_accum
+def seconds_per_step(cfg: TrainConfig, steps: int = 6) -> float:
+    """Median time of a few optimizer steps of the real loop (``Trainer.train_step``) on the run's data,
+    device, precision and threads, in a throwaway run folder."""
+    with tempfile.TemporaryDirectory(prefix="lmforge-demo-probe") as probe:
+        trainer = Trainer(dataclasses.replace(cfg, out_dir=probe, progress=False))
+        timings = []
+        for _ in range(steps + 2):  # the first two warm up allocators and caches
+            start = time.perf_counter()
+            trainer.train_step()
+            if trainer.env.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - start)
+        trainer.metrics.close()
+    return statistics.median(timings[2:])
 
 
 def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -> dict:
@@ -66,7 +55,6 @@ def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -
     from lmforge.models.io import load_model
     from lmforge.tokenizer.shards import build_shards
     from lmforge.tokenizer.train import train_bpe
-    from lmforge.train.trainer import Trainer, round_up
 
     out = Path(out)
     docs = demo_corpus()
@@ -82,7 +70,7 @@ def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -
 
     base = [f"data.shards={out / 'shards'}", f"out_dir={out / 'run'}", f"seed={seed}", *overrides]
     cfg = load_config(TrainConfig, "train/demo", base)
-    step_s = seconds_per_step(cfg, round_up(tokenizer.vocab_size, cfg.vocab_multiple))
+    step_s = seconds_per_step(cfg)
     eval_share = 1 + cfg.eval_batches / cfg.eval_every  # evaluation batches cost about a forward each
     # The real loop also clips, schedules, loads and logs: plan for ~85 % of the budget at the timed pace.
     steps = max(20, int(0.85 * 60 * minutes / (step_s * eval_share)))

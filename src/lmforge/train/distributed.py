@@ -15,6 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmforge.device import pick_device
+from lmforge.models.layers import Block
+
 
 @dataclass
 class DistEnv:
@@ -30,12 +33,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def init_distributed(device_name: str) -> DistEnv:
@@ -59,6 +56,21 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def broadcast_flag(flag: bool, env: DistEnv) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. "out of time", decided by one clock)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor(float(flag), device=env.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
@@ -70,16 +82,18 @@ def shutdown(env: DistEnv) -> None:
 
 
 def wrap_model(model: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
-    """DDP (a full replica per process, gradients all-reduced) or FSDP (each block's parameters,
-    gradients and optimizer state sharded across processes, gathered just in time)."""
+    """DDP (a full replica per process, gradients all-reduced) or FSDP (each Transformer block's
+    parameters, gradients and optimizer state sharded across processes, gathered just in time); any
+    model built from ``layers.Block`` shards the same way."""
     if not env.distributed:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.blocks:
-            fully_shard(block)
-        return fully_shard(model)  # the root holds the (tied) embeddings and the final norm
+        for module in model.modules():
+            if isinstance(module, Block):
+                fully_shard(module)
+        return fully_shard(model)  # the root holds the rest: embeddings (tied or not), norms, heads
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)

@@ -7,6 +7,7 @@ so the log reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,23 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+class Throughput:
+    """Tokens per second over the window since the last record, and MFU where the peak is known."""
+
+    def __init__(self, tokens_seen: int, flops_per_token: float | None, peak: float | None, world: int):
+        self.window_start, self.window_tokens = time.monotonic(), tokens_seen
+        self.flops_per_token, self.peak, self.world = flops_per_token, peak, world
+
+    def measure(self, tokens_seen: int) -> dict[str, float]:
+        now = time.monotonic()
+        tps = (tokens_seen - self.window_tokens) / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_tokens = now, tokens_seen
+        out = {"tokens_per_s": tps}
+        if self.peak is not None and self.flops_per_token is not None:
+            out["mfu"] = tps * self.flops_per_token / (self.peak * self.world)
+        return out
 
 
 class MetricsLog:

@@ -60,3 +60,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig, step: int) -> None:
+    """Make ``cfg.optim.lr`` the schedule's peak from ``step`` on (a resumed run may change it)."""
+    peak = cfg.optim.lr
+    scheduler.base_lrs = [peak] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = peak, peak * lr_factor(step, cfg)

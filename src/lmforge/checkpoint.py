@@ -1,5 +1,8 @@
 """Training checkpoints: one file per saved step, written atomically, the last K kept.
 
+A core module: training writes checkpoints, evaluation and conversion read them (a killed run has no
+exported model yet), so neither has to import the trainer.
+
 A checkpoint is first written under a temporary name, flushed to disk, then renamed: a process killed at
 any moment (SIGKILL included) leaves either the previous complete checkpoint or the new complete one,
 never a torn file. Loading ignores leftover temporary files.

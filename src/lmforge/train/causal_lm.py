@@ -1,0 +1,70 @@
+"""Causal language modelling on token shards: minimise -1/N sum_t log p(x_t | x_<t) (pretraining).
+
+Batches are random windows of ``data.seq_len + 1`` tokens (inputs and next-token targets) drawn by
+``WindowSampler`` from an RNG seeded by (seed, step); validation uses the same fixed ``eval_batches``
+windows at every evaluation, with the training global batch so the numbers do not depend on world size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from lmforge.models import registry
+from lmforge.models.io import save_model
+from lmforge.models.losses import cross_entropy, perplexity
+from lmforge.tokenizer.shards import TokenShards
+from lmforge.train.config import TrainConfig
+from lmforge.train.data import WindowSampler
+from lmforge.train.distributed import DistEnv
+from lmforge.train.objective import Batch, Objective
+
+
+def round_up(n: int, multiple: int) -> int:
+    return n if multiple <= 1 else multiple * math.ceil(n / multiple)
+
+
+class CausalLM(Objective):
+    def setup(self, cfg: TrainConfig, env: DistEnv) -> TrainConfig:
+        self.shards = TokenShards(cfg.data.shards)
+        vocab = round_up(self.shards.vocab_size, cfg.vocab_multiple)
+        self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+        world, global_batch = env.world_size, cfg.batch_size * cfg.grad_accum * env.world_size
+        seq_len, seed, rank = cfg.data.seq_len, cfg.seed, env.rank
+        self.train_data = WindowSampler(self.shards, "train", seq_len, global_batch, seed, rank, world)
+        self.val_data = None
+        if cfg.eval_batches and self.shards.pieces("val", seq_len):
+            self.val_data = WindowSampler(self.shards, "val", seq_len, global_batch, seed, rank, world)
+        return cfg
+
+    def build_model(self) -> nn.Module:
+        return registry.build(self.cfg.model)
+
+    def train_batch(self, step: int) -> Batch:
+        x, y = self.train_data.batch(step)
+        return {"input_ids": x, "targets": y}
+
+    def val_batches(self):
+        if self.val_data is None:
+            return
+        for k in range(self.cfg.eval_batches):
+            x, y = self.val_data.batch(k)
+            yield {"input_ids": x, "targets": y}
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        return cross_entropy(model(batch["input_ids"]), batch["targets"])
+
+    def count(self, batch: Batch) -> int:
+        return batch["targets"].numel()
+
+    def val_metrics(self, val_loss: float, sums: dict[str, float]) -> dict[str, float]:
+        return {"val_ppl": perplexity(val_loss)}
+
+    def flops_per_token(self, model: nn.Module) -> float | None:
+        return model.flops_per_token(self.cfg.data.seq_len)
+
+    def export(self, model: nn.Module, out_dir: Path, extra: dict) -> Path:
+        return save_model(model, self.shards.tokenizer(), out_dir, extra=extra)
