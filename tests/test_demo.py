@@ -36,3 +36,20 @@ def test_demo_leaves_a_complete_run_folder(tmp_path, capsys):
     assert samples.startswith("The") and len(samples) > 100
     model, tokenizer = load_model(run / "model")
     assert tokenizer.vocab_size == 2048 and model.config.vocab_size == 2048
+
+
+def test_a_second_demo_reuses_tokenizer_and_shards_and_trains_afresh(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--minutes", "1", "--out", str(out), *SMALL, "max_steps=8", "eval_every=4", "log_every=5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "reused" not in first
+    (out / "run" / "notes.txt").write_text("mine")  # not the demo's: must survive
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert f"tokenizer: reused {out / 'tokenizer'}" in second and f"shards: reused {out / 'shards'}" in second
+    assert "an earlier demo run is in" in second and "training a fresh one" in second
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    assert (out / "run" / "notes.txt").read_text() == "mine"
+    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 5, 8]  # one run; step 1 always logged

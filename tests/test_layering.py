@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "lmforge"
 DOC = ROOT / "docs" / "architecture.md"
-CORE = {"config", "errors", "atomic", "device", "checkpoint"}
+CORE = {"config", "errors", "atomic", "device", "checkpoint", "integrity"}
 ENTRY = {"cli", "__init__", "__main__"}  # the entry points may import anything
 
 

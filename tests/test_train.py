@@ -20,6 +20,7 @@ from conftest import corpus_text
 from lmforge.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
+from lmforge.errors import LmforgeError
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.tokenizer.shards import build_shards
 from lmforge.train.config import TrainConfig
@@ -228,3 +229,119 @@ def test_training_loss_is_the_cross_entropy_formula_and_val_ppl_its_exp(shards, 
     records = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     (val,) = [r for r in records if "val_loss" in r]
     assert val["val_ppl"] == pytest.approx(math.exp(val["val_loss"]), rel=1e-12)
+
+
+def test_resume_after_a_crash_logs_each_step_once_and_a_finished_run_changes_nothing(shards, tmp_path):
+    """TensorBoard mirrors metrics.jsonl after a resume (its own purge-on-restart dropped steps 3 and 6
+    and kept 5 twice); resuming a finished run says so and writes nothing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    common = ["max_steps=6", "ckpt_every=3", "eval_every=1000", "optim.decay_steps=20"]
+
+    def crash(step: int, loss: float) -> None:
+        if step == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        Trainer(tiny(shards, run, *common), on_step=crash).run()
+    Trainer(tiny(shards, run, *common), resume=True).run()
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    summary = Trainer(tiny(shards, run, *common), resume=True).run()
+    assert summary["stopped"] == "complete" and summary["loss"] == records[-2]["loss"]
+    assert summary["val_loss"] == records[-1]["val_loss"]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()} == before
+
+
+def flip_byte_inside(path: Path, tensor: torch.Tensor) -> None:
+    """Damage one byte in the middle of ``tensor``'s data where it is stored in ``path``."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tensor.detach().contiguous().numpy().tobytes())
+    assert at > 0
+    data[at + tensor.numel() * tensor.element_size() // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_skipped_on_resume_and_a_damaged_model_refused(shards, tmp_path, capsys):
+    run = tmp_path / "dmg"
+    common = ["ckpt_every=3", "eval_every=1000", "optim.decay_steps=20"]
+    first = Trainer(tiny(shards, run, "max_steps=6", *common))
+    first.run()
+    newest = latest_checkpoint(run)
+    flip_byte_inside(newest, first.model.tok_emb.weight)
+    with pytest.raises(LmforgeError, match=r"step_00000006\.pt: checksum mismatch"):
+        load_checkpoint(newest)
+    resumed = Trainer(tiny(shards, run, "max_steps=8", *common), resume=True)
+    assert resumed.step == 3
+    assert "skipping checkpoint step_00000006.pt" in capsys.readouterr().err
+    resumed.run()
+    straight = Trainer(tiny(shards, tmp_path / "ok", "max_steps=8", *common)).run()
+    assert load_checkpoint(latest_checkpoint(run))["step"] == 8
+    assert (
+        abs(json.loads((run / "metrics.jsonl").read_text().splitlines()[-2])["loss"] - straight["loss"])
+        < 1e-6
+    )
+
+    from lmforge.models.io import load_model
+
+    weights = run / "model" / "model.safetensors"
+    model, _ = load_model(run / "model")
+    flip_byte_inside(weights, model.blocks[0].mlp.fc.weight)
+    with pytest.raises(LmforgeError, match=r"model\.safetensors: checksum mismatch"):
+        load_model(run / "model")
+
+
+def test_sigterm_checkpoints_the_step_and_resume_matches(shards, tmp_path):
+    """A scheduler's preemption (SIGTERM) mid-run: a checkpoint at the end of that step, a clean exit,
+    and --resume ends where an uninterrupted run does."""
+    run = tmp_path / "term"
+    fixed = [*TINY, f"data.shards={shards}", "optim.decay_steps=200", "ckpt_every=1000", "eval_every=1000"]
+    (tmp_path / "cfg.yaml").write_text("{}\n")
+    cmd = [sys.executable, "-m", "lmforge", "pretrain", "--config", str(tmp_path / "cfg.yaml"), *fixed]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*cmd, f"out_dir={run}", "max_steps=100000"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped by SIGTERM" in out
+    stopped_at = load_checkpoint(latest_checkpoint(run))["step"]
+    assert stopped_at >= 3 and not (run / "model").exists()
+    target = stopped_at + 3
+    assert main(["pretrain", "--resume", str(run), f"max_steps={target}"]) == 0
+    straight = Trainer(tiny(shards, tmp_path / "straight", f"max_steps={target}", *fixed[len(TINY) :])).run()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, target + 1))
+    assert abs(records[-2]["loss"] - straight["loss"]) < 1e-6
+
+
+def test_a_schedule_fitted_to_the_time_budget_ends_with_the_time(shards, tmp_path):
+    """fit_schedule_to_time: the run trains until max_minutes (never stopping early) and the cosine has
+    reached its floor by then, whatever the machine's speed."""
+    cfg = tiny(
+        shards,
+        tmp_path / "t",
+        "max_minutes=0.05",
+        "fit_schedule_to_time=true",
+        "max_steps=100000",
+        "eval_every=25",
+        "optim.min_lr=0.0003",
+        "export=false",
+    )
+    summary = Trainer(cfg).run()
+    records = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert summary["stopped"] == "max_minutes" and summary["elapsed_s"] >= 3.0 and len(lrs) > 20
+    assert max(lrs) == pytest.approx(0.003) and lrs[-1] < 0.0003 + 0.1 * (0.003 - 0.0003)
+    with pytest.raises(ConfigError, match="fit_schedule_to_time needs max_minutes"):
+        tiny(shards, tmp_path / "u", "fit_schedule_to_time=true")

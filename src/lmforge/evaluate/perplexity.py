@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.checkpoint import latest_checkpoint, load_checkpoint
+from lmforge.checkpoint import load_latest_intact
 from lmforge.config import read_yaml
 from lmforge.device import pick_device
 from lmforge.errors import LmforgeError
@@ -30,9 +30,9 @@ def load_for_eval(path: str | Path, device: str = "auto") -> tuple[nn.Module, in
         model, _ = load_model(p, device=dev)
     elif (p / "model" / "config.json").is_file():
         model, _ = load_model(p / "model", device=dev)
-    elif run_cfg is not None and (ckpt := latest_checkpoint(p)) is not None:
+    elif run_cfg is not None and (found := load_latest_intact(p)) is not None:
         model = registry.build(registry.config_from_dict(run_cfg["model"]))
-        model.load_state_dict(load_checkpoint(ckpt)["model"])
+        model.load_state_dict(found[1]["model"])
         model = model.to(dev).eval()
     else:
         raise LmforgeError(f"{p}: neither a model folder nor a run folder with a model or checkpoint")

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.atomic import atomic_directory
 from lmforge.config import to_dict
 from lmforge.errors import LmforgeError
+from lmforge.integrity import IntegrityError, digest
 from lmforge.models import registry
 from lmforge.tokenizer.core import Tokenizer
 
@@ -69,10 +70,16 @@ def tied_parameters(model: nn.Module) -> dict[str, str]:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; when lmforge wrote it, checked against its stored checksum."""
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            stored = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, ValueError) as e:
         raise LmforgeError(f"{path}: cannot read safetensors ({e})") from None
+    if stored is not None and digest(state) != stored:
+        raise IntegrityError(f"{path}: checksum mismatch, the file is damaged")
+    return state
 
 
 def save_model(
@@ -83,7 +90,8 @@ def save_model(
         config = model.config
         meta = {"format": FORMAT, "architecture": config.arch, "model": to_dict(config), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_file(model_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        state = model_state_dict(model)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "sha256": digest(state)})
         if tokenizer is not None:
             tokenizer.save(tmp)
     return Path(out_dir)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lmforge.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmforge.checkpoint import load_latest_intact, save_checkpoint
 from lmforge.config import to_dict
 from lmforge.train import distributed as D
 from lmforge.train.config import TrainConfig
@@ -50,13 +50,13 @@ class Checkpointer:
         return state
 
     def restore(self, progress: Progress) -> None:
-        """Load the newest checkpoint into the model, optimizer, schedule, progress and RNGs."""
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
+        """Load the newest intact checkpoint into the model, optimizer, schedule, progress and RNGs."""
+        found = load_latest_intact(self.run_dir)
+        if found is None:
             if self.env.is_main:
                 print(f"{self.run_dir}: no checkpoint yet, starting from step 0")
             return
-        state = load_checkpoint(path)
+        path, state = found
         D.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         progress.load_state_dict(state)

@@ -48,6 +48,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
     max_steps: int = 1000
     max_minutes: float | None = None  # also stop (with a checkpoint) after this much wall time
+    fit_schedule_to_time: bool = False  # with max_minutes: re-plan the lr schedule's length from the
+    # measured step rate as the run goes, so the cosine ends when the time does (max_steps: upper bound)
     eval_every: int = 200
     eval_batches: int = 20  # global val batches per evaluation
     early_stop_patience: int | None = None  # stop after this many evaluations without a better val loss
@@ -78,6 +80,8 @@ class TrainConfig:
         for name in (*positive, "eval_batches", "vocab_multiple"):
             if getattr(self, name) < (1 if name in positive else 0):
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
+        if self.fit_schedule_to_time and self.max_minutes is None:
+            raise ConfigError("fit_schedule_to_time needs max_minutes (the time to fit the schedule to)")
         if self.objective == "causal_lm" and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"

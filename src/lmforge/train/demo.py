@@ -8,12 +8,10 @@ preset for the time budget, reports val perplexity and prints samples. Everythin
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import math
-import statistics
-import tempfile
-import time
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
 
 VOCAB_SIZE = 2048
+VAL_FRACTION = 0.05
 PROMPTS = ["The", "In Python,", "A class", "If the"]
 
 
@@ -34,27 +33,70 @@ def demo_corpus() -> list[str]:
     return [topics[name].strip() for name in sorted(topics) if topics[name].strip()]
 
 
-def seconds_per_step(cfg: TrainConfig, steps: int = 6) -> float:
-    """Median time of a few optimizer steps of the real loop (``Trainer.train_step``) on the run's data,
-    device, precision and threads, in a throwaway run folder."""
-    with tempfile.TemporaryDirectory(prefix="lmforge-demo-probe") as probe:
-        trainer = Trainer(dataclasses.replace(cfg, out_dir=probe, progress=False))
-        timings = []
-        for _ in range(steps + 2):  # the first two warm up allocators and caches
-            start = time.perf_counter()
-            trainer.train_step()
-            if trainer.env.device.type == "cuda":
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - start)
-        trainer.metrics.close()
-    return statistics.median(timings[2:])
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached(folder: Path, fingerprint: str) -> bool:
+    """``folder`` was built by an earlier demo from the same inputs (its stamp matches)."""
+    stamp = folder / ".demo-inputs"
+    return stamp.is_file() and stamp.read_text(encoding="utf-8") == fingerprint
+
+
+def _stamp(folder: Path, fingerprint: str) -> None:
+    (folder / ".demo-inputs").write_text(fingerprint, encoding="utf-8")
+
+
+RUN_FILES = ("checkpoints", "model", "tensorboard", "metrics.jsonl", "loss.png", "config.yaml")
+
+
+def _clear_run(run: Path) -> None:
+    """Remove what an earlier demo run wrote in ``run`` (only its own files: nothing else is touched)."""
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def prepare(out: Path, docs: list[str]):
+    """Tokenizer and shards, reused when an earlier demo built them from the same corpus and settings."""
+    from lmforge.tokenizer.core import Tokenizer
+    from lmforge.tokenizer.shards import TokenShards, build_shards
+    from lmforge.tokenizer.train import train_bpe
+
+    key = _fingerprint(docs, VOCAB_SIZE, "bpe")
+    if _cached(out / "tokenizer", key):
+        tokenizer = Tokenizer.load(out / "tokenizer")
+        print(f"tokenizer: reused {out / 'tokenizer'} (same corpus and settings)")
+    else:
+        tokenizer = train_bpe(docs, VOCAB_SIZE)
+        tokenizer.save(out / "tokenizer")
+        _stamp(out / "tokenizer", key)
+        print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size} tokens -> {out / 'tokenizer'}")
+    key = _fingerprint(key, VAL_FRACTION)
+    if _cached(out / "shards", key):
+        tokens = TokenShards(out / "shards").index["tokens"]
+        print(f"shards: reused {out / 'shards'} ({tokens:,} tokens)")
+    else:
+        tokens = build_shards(docs, tokenizer, out / "shards", VAL_FRACTION, workers=1, progress=False)[
+            "tokens"
+        ]
+        _stamp(out / "shards", key)
+        print(f"shards: {tokens:,} tokens -> {out / 'shards'}")
+    return tokenizer, tokens
 
 
 def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -> dict:
+    """Corpus -> tokenizer -> shards -> a run fitted to ``minutes`` -> val perplexity and samples.
+
+    The schedule is fitted to the time budget while training (``fit_schedule_to_time``): the cosine
+    ends when the minutes do, however fast or loaded the machine is, and the run never stops early.
+    A second demo in the same folder reuses the tokenizer and shards and trains a fresh run.
+    """
     from lmforge.infer.generate import generate
     from lmforge.models.io import load_model
-    from lmforge.tokenizer.shards import build_shards
-    from lmforge.tokenizer.train import train_bpe
 
     out = Path(out)
     docs = demo_corpus()
@@ -62,27 +104,19 @@ def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -
         f"corpus: Python reference manual (pydoc_data.topics, PSF licence), {len(docs)} topics, "
         f"{sum(map(len, docs)):,} characters"
     )
-    tokenizer = train_bpe(docs, VOCAB_SIZE)
-    tokenizer.save(out / "tokenizer")
-    print(f"tokenizer: byte-level BPE, {tokenizer.vocab_size} tokens -> {out / 'tokenizer'}")
-    index = build_shards(docs, tokenizer, out / "shards", val_fraction=0.05, workers=1, progress=False)
-    print(f"shards: {index['tokens']:,} tokens -> {out / 'shards'}")
-
-    base = [f"data.shards={out / 'shards'}", f"out_dir={out / 'run'}", f"seed={seed}", *overrides]
+    tokenizer, tokens = prepare(out, docs)
+    budget = [f"max_minutes={minutes}", "fit_schedule_to_time=true", "max_steps=1000000"]
+    base = [*budget, f"data.shards={out / 'shards'}", f"out_dir={out / 'run'}", f"seed={seed}", *overrides]
     cfg = load_config(TrainConfig, "train/demo", base)
-    step_s = seconds_per_step(cfg)
-    eval_share = 1 + cfg.eval_batches / cfg.eval_every  # evaluation batches cost about a forward each
-    # The real loop also clips, schedules, loads and logs: plan for ~85 % of the budget at the timed pace.
-    steps = max(20, int(0.85 * 60 * minutes / (step_s * eval_share)))
-    if not any(o.startswith("max_steps=") for o in overrides):
-        cfg = load_config(TrainConfig, "train/demo", [*base, f"max_steps={steps}", f"max_minutes={minutes}"])
+    if (out / "run" / "checkpoints").is_dir():
+        print(f"an earlier demo run is in {out / 'run'}: training a fresh one in its place")
+        _clear_run(out / "run")
     trainer = Trainer(cfg)
     print(
-        f"training: {trainer.model.num_params() / 1e6:.1f}M parameters, {cfg.max_steps} steps "
-        f"(~{step_s:.2f} s each) in at most {minutes:g} min"
+        f"training: {trainer.model.num_params() / 1e6:.1f}M parameters for {minutes:g} min "
+        "(the lr schedule is fitted to the time as the run goes)"
     )
     summary = trainer.run()
-
     losses = [r["loss"] for r in trainer.metrics.records() if "loss" in r]
     model, tok = load_model(out / "run" / "model")
     torch.manual_seed(seed)
@@ -90,7 +124,7 @@ def run_demo(out: str | Path, minutes: float, seed: int, overrides: list[str]) -
     (out / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
     result = {
         "corpus": "pydoc_data.topics (CPython reference manual, PSF licence)",
-        "tokens": index["tokens"],
+        "tokens": tokens,
         "steps": summary["step"],
         "first_loss": losses[0],
         "final_loss": summary["loss"],

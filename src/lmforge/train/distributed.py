@@ -62,12 +62,26 @@ def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
+def broadcast_value(value: float, env: DistEnv) -> float:
+    """Rank 0's ``value`` on every rank (e.g. elapsed time: one clock decides)."""
+    if not env.distributed:
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=env.device)
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
 def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     """Rank 0's ``flag`` on every rank (e.g. "out of time", decided by one clock)."""
+    return bool(broadcast_value(float(flag), env))
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when ``flag`` is true on at least one."""
     if not env.distributed:
         return flag
     t = torch.tensor(float(flag), device=env.device)
-    dist.broadcast(t, src=0)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 

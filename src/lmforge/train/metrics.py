@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from lmforge.atomic import atomic_file
+
 # Dense bf16 tensor-core peak FLOP/s by device name (vendor datasheets, without sparsity). A device not
 # listed gets no MFU rather than a guess.
 PEAK_BF16_FLOPS = (
@@ -35,6 +37,13 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl ([] when there is none yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 class Throughput:
     """Tokens per second over the window since the last record, and MFU where the peak is known."""
 
@@ -53,38 +62,49 @@ class Throughput:
 
 
 class MetricsLog:
+    """metrics.jsonl is the record; TensorBoard mirrors it. On resume both are cut back to the resumed
+    step: the JSONL is rewritten (atomically) without the killed run's later records, and the TensorBoard
+    events lmforge wrote are replaced by a replay of the kept records (TensorBoard's own purge-on-restart
+    drops the wrong steps), so each step appears once in each."""
+
     def __init__(self, run_dir: Path, resume_step: int | None):
         self.path = run_dir / "metrics.jsonl"
         self.png = run_dir / "loss.png"
+        kept = []
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            kept = [r for r in self.records() if r["step"] <= resume_step]
+            with atomic_file(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         elif self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
+        self._tb = self._tensorboard(run_dir / "tensorboard")
+        for record in kept:
+            self._log_tb(record)
+
+    @staticmethod
+    def _tensorboard(folder: Path):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is an optional extra (lmforge[train])
-            pass
-        else:
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+            return None
+        for old in folder.glob("events.out.tfevents.*"):  # only the event files lmforge writes
+            old.unlink()
+        return SummaryWriter(str(folder))
 
     def log(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self._log_tb(record)
+
+    def _log_tb(self, record: dict[str, Any]) -> None:
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float):
                     self._tb.add_scalar(key, value, record["step"])
 
     def records(self) -> list[dict[str, Any]]:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_records(self.path)
 
     def plot(self) -> Path | None:
         """Train and val loss against step, as loss.png (needs matplotlib, an optional extra)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -46,10 +47,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     )
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """lr(step) / peak lr: linear warmup over ``warmup_steps``, then cosine down to ``min_lr``."""
+def lr_factor(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
+    """lr(step) / peak lr: linear warmup over ``warmup_steps``, then cosine down to ``min_lr`` at
+    ``horizon`` steps (default ``decay_steps``, else ``max_steps``; a time-budgeted run re-plans it)."""
     o = cfg.optim
-    total = o.decay_steps or cfg.max_steps
+    total = horizon or o.decay_steps or cfg.max_steps
     if step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
@@ -58,13 +60,17 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, horizon: Callable[[], int | None] = lambda: None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule as a LambdaLR; ``horizon()`` gives the planned length when the run re-plans it."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, horizon()))
 
 
 def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig, step: int) -> None:
     """Make ``cfg.optim.lr`` the schedule's peak from ``step`` on (a resumed run may change it)."""
     peak = cfg.optim.lr
     scheduler.base_lrs = [peak] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0](step)
     for group in optimizer.param_groups:
-        group["initial_lr"], group["lr"] = peak, peak * lr_factor(step, cfg)
+        group["initial_lr"], group["lr"] = peak, peak * factor

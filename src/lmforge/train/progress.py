@@ -13,13 +13,14 @@ class Progress:
     elapsed: float = 0.0  # training wall time in seconds, summed over resumed segments
     best_val: float = math.inf
     evals_since_best: int = 0
+    horizon: int | None = None  # the lr schedule's planned length, when fitted to a time budget
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for key in asdict(self):
-            setattr(self, key, state[key])
+        for key, default in asdict(Progress()).items():  # checkpoints older than a field lack it
+            setattr(self, key, state.get(key, default))
 
     def record_val(self, val_loss: float) -> None:
         """Track the best validation loss and how many evaluations have not improved on it."""

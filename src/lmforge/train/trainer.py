@@ -25,7 +25,7 @@ from lmforge.errors import LmforgeError
 from lmforge.train import distributed as D
 from lmforge.train.checkpointer import Checkpointer
 from lmforge.train.config import TrainConfig
-from lmforge.train.metrics import MetricsLog, Throughput, peak_flops
+from lmforge.train.metrics import MetricsLog, Throughput, peak_flops, read_records
 from lmforge.train.objective import Batch, Objective, build_objective
 from lmforge.train.optim import build_optimizer, build_scheduler
 from lmforge.train.progress import Progress
@@ -65,24 +65,23 @@ class Trainer:
         self.model = self.objective.build_model().to(env.device)
         self.wrapped = D.wrap_model(self.model, env, cfg.parallel)
         self.optimizer = build_optimizer(self.model, cfg, env.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.progress = Progress()
+        self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.progress.horizon)
         self.dtype = pick_dtype(cfg.dtype, env.device)
         amp = self.dtype != torch.float32
         self.autocast = torch.autocast(env.device.type, dtype=self.dtype) if amp else nullcontext()
         compile_ = torch.compile if cfg.compile else (lambda fn: fn)
         self._loss, self._eval = compile_(self._forward_loss), compile_(self._forward_eval)
 
-        self.progress = Progress()
         self.checkpointer = Checkpointer(cfg, env, self.wrapped, self.optimizer, self.scheduler)
         if resume:
             self.checkpointer.restore(self.progress)
         self.validator = Validator(self.objective, env, cfg.batch_size)
-        if env.is_main:
+        self.metrics = None  # rank 0 writes the run folder; a finished run's stays as it is
+        if env.is_main and not (resume and self.progress.step >= cfg.max_steps):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.metrics = (
-            MetricsLog(self.run_dir, self.progress.step if resume else None) if env.is_main else None
-        )
+            self.metrics = MetricsLog(self.run_dir, self.progress.step if resume else None)
 
     @property
     def step(self) -> int:
@@ -166,8 +165,8 @@ class Trainer:
 
     def _log_step(self, loss: float, grad_norm: torch.Tensor, throughput: Throughput) -> None:
         p = self.progress
-        if p.step % self.cfg.log_every and p.step != self.cfg.max_steps:
-            return
+        if p.step % self.cfg.log_every and p.step not in (1, self.cfg.max_steps):
+            return  # step 1 is always logged: the loss the run starts from
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         record = {"step": p.step, "loss": loss, "lr": self.last_lr, "grad_norm": float(norm)}
         self._log(
@@ -176,68 +175,79 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train until max_steps, the time budget, early stopping or the val target; returns a summary."""
-        from tqdm import tqdm
-
+        """Train until max_steps, the time budget, early stopping, the val target or a stop signal
+        (SIGTERM, Ctrl-C: a checkpoint at the end of the step); returns a summary."""
         cfg, p = self.cfg, self.progress
         if p.step >= cfg.max_steps:
             return self._already_complete()
-        stop = StopPolicy(cfg, self.env, p)
-        peak = peak_flops(self.env.device, self.dtype)
-        throughput = Throughput(
-            p.tokens_seen, self.objective.flops_per_token(self.model), peak, self.env.world_size
-        )
-        show = self.env.is_main and cfg.progress
-        bar = tqdm(total=cfg.max_steps, initial=p.step, unit="step", disable=not show, dynamic_ncols=True)
         loss, val, stopped = math.nan, {}, None
+        flops, peak = self.objective.flops_per_token(self.model), peak_flops(self.env.device, self.dtype)
+        throughput = Throughput(p.tokens_seen, flops, peak, self.env.world_size)
         self.model.train()
-        with bar:
+        with StopPolicy(cfg, self.env, p) as stop, self._progress_bar() as bar:
             while (stopped := stop.before_step()) is None:
                 loss, grad_norm = self.train_step()
                 stop.tick()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if self.on_step is not None:
-                    self.on_step(p.step, loss)
-                self._log_step(loss, grad_norm, throughput)
+                stop.plan()
+                self._after_step(loss, grad_norm, throughput, bar)
                 if p.step % cfg.eval_every == 0:
-                    val = self.evaluate()
-                    if val and show:
-                        bar.write(f"step {p.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+                    val = self._evaluate_and_show(bar)
                     if stopped := stop.after_eval(val.get("val_loss")):
                         break
                 if p.step % cfg.ckpt_every == 0:
                     self.checkpointer.save(p)
-        if p.step % cfg.eval_every != 0 and stopped not in ("early_stop", "val_target"):
+        if stopped in ("max_steps", "max_minutes") and p.step % cfg.eval_every:
             val = self.evaluate()
         return self._finish(stopped, loss, val)
 
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        show = self.env.is_main and self.cfg.progress
+        return tqdm(
+            total=self.cfg.max_steps, initial=self.step, unit="step", disable=not show, dynamic_ncols=True
+        )
+
+    def _after_step(self, loss: float, grad_norm: torch.Tensor, throughput: Throughput, bar) -> None:
+        if self.progress.horizon:  # a schedule fitted to the time budget: show its planned length
+            bar.total = self.progress.horizon
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if self.on_step is not None:
+            self.on_step(self.step, loss)
+        self._log_step(loss, grad_norm, throughput)
+
+    def _evaluate_and_show(self, bar) -> dict[str, float]:
+        val = self.evaluate()
+        if val and self.env.is_main and self.cfg.progress:
+            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        return val
+
     def _finish(self, stopped: str, loss: float, val: dict[str, float]) -> dict[str, Any]:
-        """Final checkpoint (unless this step has one), export, curves; the run's summary."""
+        """Final checkpoint (unless this step has one), export (unless a signal stopped the run: leave
+        quickly), curves; the run's summary."""
         p, ckpt = self.progress, self.checkpointer
         state = ckpt.last_state if ckpt.saved_step == p.step and ckpt.last_state else ckpt.save(p)
-        model_dir = self.export(state["model"]) if self.cfg.export and self.env.is_main else None
+        signalled = stopped.startswith("SIG")
+        export = self.cfg.export and self.env.is_main and not signalled
+        model_dir = self.export(state["model"]) if export else None
         D.barrier(self.env)
         if self.metrics is not None:
             self.metrics.plot()
             self.metrics.close()
+        if signalled and self.env.is_main:
+            print(f"stopped by {stopped} at step {p.step}; checkpoint {ckpt.last}; continue with --resume")
         return self._summary(stopped, loss, val, model_dir)
 
     def _already_complete(self) -> dict[str, Any]:
         """A resumed run that had already reached max_steps: say so and change nothing."""
-        records = self.metrics.records() if self.metrics is not None else []
-        if self.metrics is not None:
-            self.metrics.close()
-            print(f"{self.run_dir}: the run is complete (step {self.progress.step}); nothing to do")
+        records = read_records(self.run_dir / "metrics.jsonl")
+        if self.env.is_main:
+            done = f"step {self.step} of max_steps {self.cfg.max_steps}"
+            print(f"{self.run_dir}: the run is complete ({done}); nothing to do")
         loss = next((r["loss"] for r in reversed(records) if "loss" in r), math.nan)
-        val = next(
-            (
-                {k: v for k, v in r.items() if k.startswith("val_")}
-                for r in reversed(records)
-                if "val_loss" in r
-            ),
-            {},
-        )
+        val = next((r for r in reversed(records) if "val_loss" in r), {})
+        val = {k: v for k, v in val.items() if k.startswith("val_")}
         model_dir = self.run_dir / "model"
         return self._summary("complete", loss, val, model_dir if model_dir.is_dir() else None)
 
