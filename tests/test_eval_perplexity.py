@@ -69,3 +69,19 @@ def test_cli_on_a_model_folder(shards, model, bpe_tokenizer, tmp_path, capsys):
     assert result["perplexity"] == pytest.approx(perplexity(model, shards, "val", 16)["perplexity"], rel=1e-6)
     assert main(["eval", "perplexity", str(tmp_path), "--data", str(shards)]) == 2
     assert "neither a model folder nor a run folder" in capsys.readouterr().err
+
+
+def test_shards_of_another_tokenizer_and_bad_settings_are_refused(shards, model, bpe_tokenizer, tmp_path):
+    from lmforge.errors import LmforgeError
+    from lmforge.tokenizer.train import train_bpe
+
+    other = train_bpe([corpus_text()[40_000:120_000]], bpe_tokenizer.vocab_size)  # same size, other merges
+    assert other.vocab_size == bpe_tokenizer.vocab_size and other.fingerprint() != bpe_tokenizer.fingerprint()
+    with pytest.raises(LmforgeError, match="tokenized with another tokenizer than the model's"):
+        perplexity(model, shards, "val", 16, tokenizer=other)
+    assert perplexity(model, shards, "val", 16, tokenizer=bpe_tokenizer)["tokens"] > 0
+    with pytest.raises(LmforgeError, match="seq_len must be between 1 and the model's context of 64, got 65"):
+        perplexity(model, shards, "val", seq_len=65)
+    for bad in ({"batch_size": 0}, {"max_tokens": 0}):
+        with pytest.raises(LmforgeError, match="batch_size and max_tokens must be positive"):
+            perplexity(model, shards, "val", 16, **bad)

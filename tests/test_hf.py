@@ -195,3 +195,16 @@ def test_config_errors_name_the_file_and_field(hf_gpt2_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LmforgeError, match=r"bad/config\.json: missing field 'n_head'"):
         from_hf(bad, tmp_path / "out")
+
+
+def test_converting_without_a_tokenizer_says_so_at_once(hf_gpt2_dir, tmp_path, capsys):
+    weights_only = tmp_path / "w"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(hf_gpt2_dir / name, weights_only / name)
+    out = from_hf(weights_only, tmp_path / "lmf")
+    assert f"warning: {weights_only} has no tokenizer" in capsys.readouterr().err
+    to_hf(out, tmp_path / "back")
+    assert f"warning: {out} has no tokenizer" in capsys.readouterr().err
+    from_hf(hf_gpt2_dir, tmp_path / "with")  # a folder with its tokenizer converts without a word
+    assert "warning" not in capsys.readouterr().err

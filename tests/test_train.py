@@ -345,3 +345,14 @@ def test_a_schedule_fitted_to_the_time_budget_ends_with_the_time(shards, tmp_pat
     assert max(lrs) == pytest.approx(0.003) and lrs[-1] < 0.0003 + 0.1 * (0.003 - 0.0003)
     with pytest.raises(ConfigError, match="fit_schedule_to_time needs max_minutes"):
         tiny(shards, tmp_path / "u", "fit_schedule_to_time=true")
+
+
+def test_a_val_split_too_short_is_said_at_shard_time_and_train_start(bpe_tokenizer, tmp_path, capsys):
+    docs = [p for p in corpus_text()[:60_000].split("\n\n") if p.strip()] + ["The end."]
+    build_shards(docs, bpe_tokenizer, tmp_path / "s", val_fraction=0.0001, progress=False)
+    assert "warning: the val split holds" in capsys.readouterr().err
+    cfg = tiny(tmp_path / "s", tmp_path / "r", "max_steps=2", "data.seq_len=32", "export=false")
+    assert Trainer(cfg).run()["val_loss"] is None
+    assert "holds no window of 33 tokens: this run has no validation" in capsys.readouterr().err
+    with pytest.raises(LmforgeError, match="early stopping and stop_at_val_loss cannot work"):
+        Trainer(tiny(tmp_path / "s", tmp_path / "r2", "max_steps=2", "early_stop_patience=2"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.errors import LmforgeError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -17,7 +19,16 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
         return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LmforgeError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise LmforgeError(f"device={name!r} but {why}: use device=cpu (or auto), or run on a GPU machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise LmforgeError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -25,5 +36,5 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
+        raise LmforgeError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
     return DTYPES[name]

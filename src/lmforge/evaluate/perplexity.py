@@ -18,6 +18,7 @@ from lmforge.device import pick_device
 from lmforge.errors import LmforgeError
 from lmforge.models import losses, registry
 from lmforge.models.io import load_model
+from lmforge.tokenizer.core import Tokenizer
 from lmforge.tokenizer.shards import TokenShards, sequential_windows
 
 
@@ -45,17 +46,29 @@ def perplexity(
     model: nn.Module,
     shards_dir: str | Path,
     split: str = "val",
-    seq_len: int = 256,
+    seq_len: int | None = None,
     batch_size: int = 8,
     max_tokens: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> dict:
-    """Mean negative log-likelihood (nats/token) and perplexity of ``model`` on a shards split."""
+    """Mean negative log-likelihood (nats/token) and perplexity of ``model`` on a shards split.
+
+    ``seq_len`` defaults to the model's context; ``tokenizer`` (the model's) is checked to be the one
+    that made the shards: ids from another tokenizer give a number that means nothing.
+    """
     shards = TokenShards(shards_dir)
+    context = model.config.max_seq_len
+    seq_len = context if seq_len is None else seq_len
+    if not 1 <= seq_len <= context:
+        raise LmforgeError(f"seq_len must be between 1 and the model's context of {context}, got {seq_len}")
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise LmforgeError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
+    if tokenizer is not None:
+        shards.check_tokenizer(tokenizer, "the model")
     if shards.vocab_size > model.config.vocab_size:
         raise LmforgeError(
             f"the shards use a {shards.vocab_size}-token vocabulary; the model has {model.config.vocab_size}"
         )
-    seq_len = min(seq_len, model.config.max_seq_len)
     device = model.lm_head.weight.device
     model.eval()
     nll, count = 0.0, 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,18 @@ def from_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     _load_keeping_ties(model, state)
     has_tok = (src / "tokenizer.json").is_file() or (src / "vocab.json").is_file()
     tokenizer = Tokenizer.load(src) if has_tok else None
+    if tokenizer is None:
+        warn_no_tokenizer(src, out_dir)
     return save_model(model, tokenizer, out_dir, extra={"converted_from": adapter.model_type})
+
+
+def warn_no_tokenizer(src: Path, out_dir: str | Path) -> None:
+    """Weights without a tokenizer convert, but cannot generate from text: say so now, not at generate."""
+    print(
+        f"warning: {src} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): {out_dir} holds the "
+        "weights only; `lmforge generate` needs a tokenizer: copy its files into the folder",
+        file=sys.stderr,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +168,8 @@ def to_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     """An lmforge model folder -> a folder ``transformers`` loads with ``from_pretrained``."""
     src = Path(model_dir)
     model, tokenizer = load_model(src)
+    if tokenizer is None:
+        warn_no_tokenizer(src, out_dir)
     try:
         adapter = for_config(model.config)
     except LmforgeError as e:

@@ -6,6 +6,7 @@ On disk a tokenizer is the standard pair ``tokenizer.json`` + ``tokenizer_config
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def fingerprint(self) -> str:
+        """A hash of what maps text to ids (normalizer, pre-tokenizer, model vocabulary and merges, added
+        tokens): two tokenizers with the same fingerprint give the same ids, so a model and token shards
+        can be checked to speak the same vocabulary, not just one of the same size."""
+        spec = json.loads(self.backend.to_str())
+        added = sorted((t["id"], t["content"]) for t in spec.get("added_tokens") or [])
+        keys = ("normalizer", "pre_tokenizer", "model")
+        canonical = json.dumps({**{k: spec.get(k) for k in keys}, "added": added}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self.backend.encode(text, add_special_tokens=False).ids

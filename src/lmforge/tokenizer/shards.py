@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from lmforge.tokenizer.core import Tokenizer
 INDEX = "index.json"
 FORMAT = "lmforge-shards"
 BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
+MIN_VAL_TOKENS = 4 * 1024 + 1  # below this, a val split is warned about: a few windows of 1024 at least
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -182,6 +184,7 @@ def build_shards(
             "format": FORMAT,
             "dtype": dtype.name,
             "vocab_size": tokenizer.vocab_size,
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
             "eos_id": tokenizer.eos_id,
             "documents": len(ends),
             "tokens": total,
@@ -189,6 +192,13 @@ def build_shards(
             "splits": {"train": _ranges(writer.files, 0, cut), "val": _ranges(writer.files, cut, total)},
         }
         (tmp / INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    val = total - cut
+    if val_fraction and val < MIN_VAL_TOKENS:
+        print(
+            f"warning: the val split holds {val:,} tokens, fewer than {MIN_VAL_TOKENS:,} (four windows of "
+            "1024): training at longer contexts will have no validation; raise --val-fraction",
+            file=sys.stderr,
+        )
     return index
 
 
@@ -221,6 +231,16 @@ class TokenShards:
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.directory)
+
+    def check_tokenizer(self, tokenizer: Tokenizer, whose: str) -> None:
+        """Refuse ids made by another tokenizer than ``tokenizer`` (scores on them are meaningless)."""
+        made_by = self.index.get("tokenizer_fingerprint") or self.tokenizer().fingerprint()
+        if made_by != tokenizer.fingerprint():
+            raise LmforgeError(
+                f"{self.directory} was tokenized with another tokenizer than {whose}'s "
+                f"(fingerprints {made_by} vs {tokenizer.fingerprint()}): re-shard the text with "
+                f"{whose}'s tokenizer"
+            )
 
     def file(self, i: int) -> np.memmap:
         if i not in self._maps:

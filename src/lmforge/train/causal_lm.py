@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 from torch import Tensor, nn
 
+from lmforge.errors import LmforgeError
 from lmforge.models import registry
 from lmforge.models.io import save_model
 from lmforge.models.losses import cross_entropy, perplexity
@@ -38,7 +40,23 @@ class CausalLM(Objective):
         self.val_data = None
         if cfg.eval_batches and self.shards.pieces("val", seq_len):
             self.val_data = WindowSampler(self.shards, "val", seq_len, global_batch, seed, rank, world)
+        elif cfg.eval_batches:
+            self._no_validation(cfg)
         return cfg
+
+    def _no_validation(self, cfg: TrainConfig) -> None:
+        """A val split too short for one window: say so (never skip validation silently); refuse the
+        settings that would then never act."""
+        where = f"the val split of {self.shards.directory} holds no window of {cfg.data.seq_len + 1} tokens"
+        if cfg.early_stop_patience or cfg.stop_at_val_loss is not None:
+            raise LmforgeError(
+                f"{where}, so early stopping and stop_at_val_loss cannot work; re-shard with "
+                "a larger --val-fraction or lower data.seq_len"
+            )
+        print(
+            f"warning: {where}: this run has no validation; re-shard with a larger --val-fraction",
+            file=sys.stderr,
+        )
 
     def build_model(self) -> nn.Module:
         return registry.build(self.cfg.model)
