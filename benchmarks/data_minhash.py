@@ -51,7 +51,7 @@ def theirs(norm: list[str], num_perm: int) -> float:
 
 
 def lsh_stage(texts: list[str], bands: int, rows: int, tmp: Path) -> float:
-    from lmforge.data.config import DataConfig
+    from lmforge.data.config import PipelineConfig
     from lmforge.data.run import run_pipeline
 
     src = tmp / "in.jsonl"
@@ -60,7 +60,9 @@ def lsh_stage(texts: list[str], bands: int, rows: int, tmp: Path) -> float:
             for i, t in enumerate(texts):
                 f.write(json.dumps({"id": str(i), "text": t}) + "\n")
     out = tmp / f"out-{bands}x{rows}-{time.time()}"
-    cfg = DataConfig(input=[str(src)], output=str(out), stages=[{"minhash": {"bands": bands, "rows": rows}}])
+    cfg = PipelineConfig(
+        input=[str(src)], output=str(out), stages=[{"minhash": {"bands": bands, "rows": rows}}]
+    )
     cfg.progress = False
     t0 = time.perf_counter()
     run_pipeline(cfg)

@@ -108,7 +108,7 @@ def time_theirs(pages: list[dict]) -> dict[str, dict]:
 
 def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> float:
     """Seconds of ``lmforge data run`` (FineWeb filters + LID, no dedup) over the pages in 8 JSONL shards."""
-    from lmforge.data.config import DataConfig
+    from lmforge.data.config import PipelineConfig
     from lmforge.data.run import run_pipeline
 
     src = tmp / "in"
@@ -120,7 +120,9 @@ def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> floa
                     f.write(json.dumps(p) + "\n")
     stages = [{"url_filter": {}}, {"extract": {"timeout": 10.0}}, {"language": {}}, {"gopher_repetition": {}}]
     stages += [{"gopher_quality": {}}, {"c4": {"filter_no_terminal_punct": False}}, {"fineweb": {}}]
-    cfg = DataConfig(input=[str(src)], output=str(tmp / tag), stages=stages, workers=workers, progress=False)
+    cfg = PipelineConfig(
+        input=[str(src)], output=str(tmp / tag), stages=stages, workers=workers, progress=False
+    )
     cfg.reader.html = True
     t0 = time.perf_counter()
     run_pipeline(cfg)

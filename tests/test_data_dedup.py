@@ -153,10 +153,10 @@ def read_jsonl(folder):
 
 
 def run(tmp_path, stages, inputs, name="out", **extra):
-    from lmforge.data.config import DataConfig
+    from lmforge.data.config import PipelineConfig
     from lmforge.data.run import run_pipeline
 
-    cfg = DataConfig(
+    cfg = PipelineConfig(
         input=[str(p) for p in inputs],
         output=str(tmp_path / name),
         output_format="jsonl",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from lmforge.config import ConfigError
-from lmforge.data.config import DataConfig, load_data_config
+from lmforge.data.config import PipelineConfig, load_data_config
 from lmforge.data.document import Document, Skip
 from lmforge.data.readers import ReaderConfig, discover, make_shards, read_shard
 from lmforge.data.run import run_pipeline
-from lmforge.data.writers import ShardWriter
+from lmforge.data.writers import DocumentWriter
 from lmforge.errors import LmforgeError
 
 
@@ -85,22 +85,35 @@ def test_writers_round_trip(tmp_path, fmt):
         for i in range(5)
     ]
     path = tmp_path / f"00000.{fmt}"
-    with ShardWriter(path, fmt) as w:
+    with DocumentWriter(path, fmt) as w:
         for d in docs:
             w.write(d)
-    assert not path.with_name(path.name + ".tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left beside it
     back = read(path)
     assert [(d.text, d.id, d.url, d.metadata) for d in back] == [
         (d.text, d.id, d.url, d.metadata) for d in docs
     ]
 
 
-def test_writer_leaves_nothing_on_error(tmp_path):
-    path = tmp_path / "00000.jsonl"
-    with pytest.raises(RuntimeError), ShardWriter(path, "jsonl") as w:
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.zst", "parquet"])
+def test_writer_leaves_nothing_on_error(tmp_path, fmt):
+    path = tmp_path / f"00000.{fmt}"
+    with pytest.raises(RuntimeError), DocumentWriter(path, fmt) as w:
         w.write(Document(text="x", id="1"))
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_adds_fields_to_every_record(tmp_path):
+    """What the dropped-document files hold: stage and reason beside the document (Parquet columns too)."""
+    import pyarrow.parquet as pq
+
+    for fmt in ("jsonl", "parquet"):
+        with DocumentWriter(tmp_path / f"x.{fmt}", fmt, fields=("stage", "reason")) as w:
+            w.write(Document(text="t", id="1", metadata={"a": 1}), stage="c4", reason="curly_bracket")
+    doc = {"text": "t", "id": "1", "url": "", "stage": "c4", "reason": "curly_bracket"}
+    assert json.loads((tmp_path / "x.jsonl").read_text()) == {**doc, "metadata": {"a": 1}}
+    assert pq.read_table(tmp_path / "x.parquet").to_pylist() == [{**doc, "metadata": '{"a": 1}'}]
 
 
 def test_corrupt_parquet(tmp_path):
@@ -170,7 +183,7 @@ def test_bad_configs_name_the_problem(tmp_path, shared_data):
     with pytest.raises(ConfigError, match="expected a number"):
         run_pipeline(load_data_config("data/refinedweb", [*base, "stage.language.threshold=high"]))
     with pytest.raises(ConfigError, match="unknown stage 'langid'"):
-        run_pipeline(DataConfig(input=base[0][6:].split(), output=str(tmp_path / "o"), stages=["langid"]))
+        run_pipeline(PipelineConfig(input=base[0][6:].split(), output=str(tmp_path / "o"), stages=["langid"]))
     with pytest.raises(ConfigError, match="not in stages"):
         run_pipeline(load_data_config("data/fineweb", [*base, "skip=[exact_substring]"]))
     with pytest.raises(LmforgeError, match=r"nope\.txt' not found"):

@@ -119,14 +119,14 @@ def test_cli_builds_shards(tmp_path, bpe_tokenizer, capsys):
 @pytest.mark.parametrize("fmt", ["jsonl.zst", "jsonl.gz", "parquet"])
 def test_shards_read_an_lmforge_data_output_folder(tmp_path, bpe_tokenizer, fmt):
     """`lmforge data run` output (zst/gz JSONL or Parquet, plus its report and work files) -> shards."""
-    from lmforge.data.config import DataConfig
+    from lmforge.data.config import PipelineConfig
     from lmforge.data.run import run_pipeline
 
     texts = [f"document number {i} says something different about topic {i * 7}." for i in range(40)]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
     clean = tmp_path / "clean"
-    cfg = DataConfig(input=[str(src)], output=str(clean), output_format=fmt, stages=[{"exact_dedup": {}}])
+    cfg = PipelineConfig(input=[str(src)], output=str(clean), output_format=fmt, stages=[{"exact_dedup": {}}])
     cfg.progress = False
     run_pipeline(cfg)
     assert (clean / "summary.md").is_file() and (clean / "_work").is_dir()

@@ -1,14 +1,64 @@
-"""Write-then-rename: a crash at any moment (SIGKILL included) leaves the old file or folder, or the new
-complete one, never a half-written one under the final name. Every stage writes its outputs this way."""
+"""Write-then-rename: a crash at any moment (SIGKILL included) never leaves a half-written file or folder
+under the final name. Every stage writes its outputs this way.
+
+A temporary is a hidden sibling ``.NAME.tmp-PID-HOST``: whoever comes next can tell a leftover of a killed
+writer (this host, process gone) from the work of a live one, and removes only the former.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_HOST = socket.gethostname()
+
+
+def _tmp(final: Path) -> Path:
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{_HOST}")
+
+
+def _old(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _sweep(folder: Path, name: str = ".+") -> None:
+    """Delete temporaries in ``folder`` (of final names matching the regex ``name``) whose writer ran on this
+    host and is gone. Other hosts' temporaries (a shared file system) are left alone: their pids mean nothing
+    here."""
+    pattern = re.compile(rf"\.(?:{name})\.tmp-(\d+)-{re.escape(_HOST)}")
+    for entry in folder.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m and not _alive(int(m[1])):
+            _remove(entry)
+
+
+def remove_leftovers(root: str | Path) -> None:
+    """Delete, anywhere under ``root``, what writers killed on this host left behind (e.g. before resuming a
+    run in the same folder); a live writer's temporary is never touched."""
+    for folder, _, _ in os.walk(root):
+        _sweep(Path(folder))
 
 
 @contextmanager
@@ -16,11 +66,11 @@ def atomic_file(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary sibling path to write; on success it replaces ``path``.
 
     ``fsync`` flushes the bytes to disk before the rename (for files that must survive a power cut,
-    such as training checkpoints). A leftover ``.NAME.tmp*`` is what a killed writer leaves behind.
+    such as training checkpoints).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp = _tmp(final)
     try:
         yield tmp
         if fsync:
@@ -32,23 +82,56 @@ def atomic_file(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
+def _discard_old(final: Path) -> None:
+    """Delete ``.NAME.old`` by first renaming it to a temporary, so a half-deleted folder never sits under
+    the ``.old`` name (which ``recover_directory`` trusts to be complete)."""
+    trash = _tmp(final)
+    try:
+        os.replace(_old(final), trash)
+    except FileNotFoundError:
+        return
+    _remove(trash)
+
+
+def recover_directory(path: str | Path) -> None:
+    """Repair what a killed ``atomic_directory`` left beside ``path``: a complete ``.NAME.old`` goes back
+    under ``path`` when ``path`` is missing (killed between the two renames of the swap) and is deleted when
+    ``path`` is there (killed after them); temporaries of dead writers on this host are deleted.
+
+    Runs before every ``atomic_directory`` write; a reader may call it too. Not for folders that two
+    processes write at the same time.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return
+    if _old(final).exists():
+        if final.exists():
+            _discard_old(final)
+        else:
+            os.replace(_old(final), final)
+    _sweep(final.parent, re.escape(final.name))
+
+
 @contextmanager
 def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to write into; on success it is renamed to ``out_dir``.
+    """Yield a temporary sibling folder to write into; on success it takes the place of ``out_dir``.
 
-    A crash mid-write leaves the previous ``out_dir`` (if any) intact and no half-written folder.
+    POSIX cannot swap two folders in one step: the previous ``out_dir`` is renamed to ``.NAME.old``, the new
+    one into place, then ``.old`` is deleted. A crash before the swap leaves the previous folder; a crash
+    inside it leaves a complete ``.NAME.old``, which the next write (or ``recover_directory``) restores.
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
+    recover_directory(final)
+    tmp = _tmp(final)
+    _remove(tmp)  # left by a killed process that had this pid
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.with_name(f".{final.name}.old")
     if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
+        os.replace(final, _old(final))
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    _discard_old(final)

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         help="key=value settings (input=..., output=..., workers=N, executor=ray, "
-        "stage.language.threshold=0.7); "
+        "stage.language.threshold=0.7, write_dropped=true); "
         "bare paths after input= (an unquoted glob the shell expanded) are added to the input",
     )
     run_p.set_defaults(func=run)
@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_data_config(args.config, split_overrides(args.overrides))
     report = run_pipeline(cfg)
+    files = "stats.json, summary.md, funnel.png" + (", _dropped/" if cfg.write_dropped else "")
     print(
         f"kept {report['documents_kept']:,} of {report['documents_read']:,} records "
-        f"({report['characters_kept']:,} characters) -> {cfg.output} (stats.json, summary.md, funnel.png)"
+        f"({report['characters_kept']:,} characters) -> {cfg.output} ({files})"
     )
     return 0
 

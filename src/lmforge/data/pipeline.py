@@ -4,6 +4,8 @@ The stage list is cut at every dedup stage. Segment 0 reads the input shards; ea
 previous segment's intermediate shard and applies the dedup decisions. Between two segments the dedup stage
 runs its ``combine`` tasks and its ``finish`` task. Every task leaves a done-marker holding its stats, so a
 re-run skips finished work, and every task depends only on files, so any executor gives the same output.
+With ``write_dropped``, a segment also writes what its stages drop, one file per stage and shard, committed
+with the shard.
 """
 
 from __future__ import annotations
@@ -12,20 +14,21 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lmforge.atomic import atomic_file
+from lmforge.atomic import atomic_file, remove_leftovers
 from lmforge.config import to_dict
-from lmforge.data.config import RUN_ONLY_KEYS, DataConfig, StageSpec, validate
+from lmforge.data.config import RUN_ONLY_KEYS, PipelineConfig, StageSpec, validate
 from lmforge.data.dedup.base import DedupStage
 from lmforge.data.document import Document, Skip, StageStats
 from lmforge.data.readers import ReaderConfig, discover, make_shards, read_jsonl, read_shard
 from lmforge.data.stages.base import Stage
 from lmforge.data.stages.extract import Extract, reset_extractor_state
-from lmforge.data.writers import ShardWriter, shard_path
+from lmforge.data.writers import DocumentWriter, DroppedWriter, shard_path
 from lmforge.errors import LmforgeError
 
 INTERMEDIATE = "jsonl.zst"
@@ -54,14 +57,14 @@ class Task:
 class Job:
     """Everything a worker needs to run any task of a run (picklable; stages are built lazily per process)."""
 
-    cfg: DataConfig
+    cfg: PipelineConfig
     specs: list[StageSpec]
     shards: list[list[Path]]
     out: Path
     _built: list[Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def create(cls, cfg: DataConfig) -> Job:
+    def create(cls, cfg: PipelineConfig) -> Job:
         """Check everything that can be checked before work starts: config, stages, input files."""
         specs = validate(cfg)
         files = discover(cfg.input, cfg.reader.format)
@@ -76,15 +79,7 @@ class Job:
     @property
     def stages(self) -> list[Stage | DedupStage]:
         if self._built is None:
-            from lmforge.data.stages import DEDUP_STAGES, DOC_STAGES
-
-            built: list[Stage | DedupStage] = []
-            for i, spec in enumerate(self.specs):
-                if spec.name in DEDUP_STAGES:
-                    built.append(DEDUP_STAGES[spec.name][1](spec.params, self.work / f"{i:02d}_{spec.name}"))
-                else:
-                    built.append(DOC_STAGES[spec.name][1](spec.params))
-            self._built = built
+            self._built = [s.build(self.work / f"{i:02d}_{s.name}") for i, s in enumerate(self.specs)]
         return self._built
 
     def __getstate__(self) -> dict[str, Any]:
@@ -95,9 +90,7 @@ class Job:
     @cached_property
     def boundaries(self) -> list[int]:
         """Positions of the dedup stages; segment k runs the per-document stages between boundaries."""
-        from lmforge.data.stages import DEDUP_STAGES
-
-        return [i for i, s in enumerate(self.specs) if s.name in DEDUP_STAGES]
+        return [i for i, s in enumerate(self.specs) if s.dedup]
 
     def segment_range(self, k: int) -> tuple[int, int]:
         start = 0 if k == 0 else self.boundaries[k - 1] + 1
@@ -110,6 +103,16 @@ class Job:
 
     def stage_names(self) -> list[str]:
         return ["read"] + [s.name for s in self.specs]
+
+    def dropped_writer(self, k: int, shard: int) -> AbstractContextManager[DroppedWriter | None]:
+        """Where segment k writes what its stages drop in ``shard``: its own stages and, after a boundary, the
+        dedup stage whose decisions it applies (the reader's skips have no document to write)."""
+        if not self.cfg.write_dropped:
+            return nullcontext()
+        start, end = self.segment_range(k)
+        names = self.stage_names()
+        stages = {pos: names[pos] for pos in range(start if k else 1, end + 1)}
+        return DroppedWriter(self.out / "_dropped", stages, shard, self.cfg.output_format)
 
     def intermediate(self, k: int, shard: int) -> Path:
         return shard_path(self.work / f"seg{k}", shard, INTERMEDIATE)
@@ -156,6 +159,7 @@ class Job:
                 raise LmforgeError(
                     f"{self.out} holds a run with different {what}; use another output folder or delete it"
                 )
+            remove_leftovers(self.out)  # half-written files of workers killed in an earlier attempt
         else:
             path.write_text(json.dumps(mine, indent=1), encoding="utf-8")
 
@@ -197,7 +201,9 @@ def run_task(job: Job, task: Task) -> dict[str, Any]:
     return result
 
 
-def _source(job: Job, k: int, shard: int, stats: StageStats) -> Iterator[Document]:
+def _source(
+    job: Job, k: int, shard: int, stats: StageStats, dropped: DroppedWriter | None
+) -> Iterator[Document]:
     """Segment k's input documents: the raw shard (k = 0) or the previous segment's output after dedup."""
     if k == 0:
         for item in read_shard(job.shards[shard], job.cfg.reader):
@@ -209,20 +215,24 @@ def _source(job: Job, k: int, shard: int, stats: StageStats) -> Iterator[Documen
             stats.chars_out += len(item.text)
             yield item
         return
-    dedup = job.stages[job.boundaries[k - 1]]
+    boundary = job.boundaries[k - 1]
+    dedup: DedupStage = job.stages[boundary]  # type: ignore[assignment]
     decisions = dedup.decisions(shard)
     remove = set(decisions.remove.tolist())
     for i, doc in enumerate(job.read_intermediate(k - 1, shard)):
+        text = doc.text
         stats.docs_in += 1
-        stats.chars_in += len(doc.text)
-        if i in remove:
+        stats.chars_in += len(text)
+        drop = i in remove
+        if not drop and i in decisions.cuts:
+            doc.text = decisions.cut(text, decisions.cuts[i])
+            drop = len(doc.text) < decisions.min_chars_left
+        if drop:
             stats.removed[dedup.reason] += 1
+            if dropped is not None:
+                doc.text = text  # as the stage received it
+                dropped.write(boundary + 1, doc, dedup.reason)  # its row in the report
             continue
-        if i in decisions.cuts:
-            doc.text = decisions.cut(doc.text, decisions.cuts[i])
-            if len(doc.text) < decisions.min_chars_left:
-                stats.removed[dedup.reason] += 1
-                continue
         stats.docs_out += 1
         stats.chars_out += len(doc.text)
         yield doc
@@ -232,7 +242,8 @@ def _run_segment(job: Job, k: int, shard: int) -> dict[str, Any]:
     start, end = job.segment_range(k)
     first = StageStats("read" if k == 0 else job.specs[start - 1].name)
     stages: list[Stage] = job.stages[start:end]  # type: ignore[assignment]
-    stats = [StageStats(s.name) for s in stages]
+    stats = [StageStats(s.name) for s in job.specs[start:end]]
+    positions = range(start + 1, end + 1)  # the stages' rows in the report (0 is read)
     if any(isinstance(s, Extract) for s in stages):
         reset_extractor_state()
     last = k == job.n_segments - 1
@@ -240,16 +251,25 @@ def _run_segment(job: Job, k: int, shard: int) -> dict[str, Any]:
     preparer = None if last else job.stages[end].preparer(shard)  # type: ignore[union-attr]
     t_start = time.perf_counter()
     sink_seconds = prep_seconds = 0.0
-    with ShardWriter(target, job.cfg.output_format if last else INTERMEDIATE) as writer:
-        for doc in _source(job, k, shard, first):
-            for stage, st in zip(stages, stats):
+    with (
+        DocumentWriter(target, job.cfg.output_format if last else INTERMEDIATE) as writer,
+        job.dropped_writer(k, shard) as dropped,
+    ):
+        for doc in _source(job, k, shard, first, dropped):
+            for pos, stage, st in zip(positions, stages, stats):
+                text, html = doc.text, doc.html
                 st.docs_in += 1
-                st.chars_in += len(doc.text)
+                st.chars_in += len(text)
                 t0 = time.perf_counter()
                 reason = stage(doc)
                 st.seconds += time.perf_counter() - t0
                 if reason is not None:
                     st.removed[reason] += 1
+                    if dropped is not None:
+                        t0 = time.perf_counter()
+                        doc.text, doc.html = text, html  # as the stage received it; its metadata notes stay
+                        dropped.write(pos, doc, reason)
+                        sink_seconds += time.perf_counter() - t0
                     break
                 st.docs_out += 1
                 st.chars_out += len(doc.text)

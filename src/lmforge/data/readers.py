@@ -60,7 +60,16 @@ def discover(inputs: list[str], forced: str = "auto") -> list[Path]:
         if p.is_file():
             files.add(p)
         elif p.is_dir():
-            files.update(f for f in p.rglob("*") if f.is_file() and detect_format(f, forced))
+            ours = (
+                p / "_work" / "run.json"
+            ).is_file()  # an output of ours: its shards, not _work/ or _dropped/
+            files.update(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and detect_format(f, forced)
+                and not (ours and f.relative_to(p).parts[0][0] in "_.")
+            )
         elif glob.has_magic(spec):
             matched = [Path(f) for f in glob.glob(str(p), recursive=True)]
             if not matched:

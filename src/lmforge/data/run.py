@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmforge.data.config import DataConfig
+from lmforge.data.config import PipelineConfig
 from lmforge.data.executors import execute
 from lmforge.data.pipeline import Job
 from lmforge.data.report import merge_stats, write_report
 
 
-def run_pipeline(cfg: DataConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` (resuming a run in the same output folder) and return its report."""
     job = Job.create(cfg)  # every check that can fail happens here, before any work
     job.claim_output()

@@ -50,7 +50,10 @@ class Preparer:
 
 
 class DedupStage:
+    """A stage that decides across shards; ``name`` and ``config_class`` work as for ``Stage``."""
+
     name = "dedup"
+    config_class: type | None = None
     reason = "duplicate"  # the funnel reason for removed documents
 
     def __init__(self, cfg: Any, work: Path):

@@ -48,6 +48,7 @@ class _HashPreparer(Preparer):
 
 class ExactDedup(DedupStage):
     name = "exact_dedup"
+    config_class = ExactDedupConfig
 
     def preparer(self, shard: int) -> Preparer:
         return _HashPreparer(self, shard)

@@ -86,6 +86,7 @@ class _SigPreparer(Preparer):
 
 class MinHash(DedupStage):
     name = "minhash"
+    config_class = MinHashConfig
     reason = "near_duplicate"
 
     def __init__(self, cfg: MinHashConfig, work: Path):

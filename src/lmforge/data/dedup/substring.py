@@ -86,6 +86,7 @@ def _norm_token(t: str) -> str:
 
 class ExactSubstring(DedupStage):
     name = "exact_substring"
+    config_class = ExactSubstringConfig
     reason = "too_short_after_cut"
 
     def finish(self, shards: list[int], read_shard: ShardReader) -> dict[str, Any]:

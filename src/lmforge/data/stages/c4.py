@@ -46,6 +46,7 @@ def count_sentences(line: str) -> int:
 
 class C4Quality(Stage):
     name = "c4"
+    config_class = C4Config
 
     def __call__(self, doc: Document) -> str | None:
         c = self.cfg

@@ -58,6 +58,7 @@ class Extract(Stage):
     """Turns HTML documents into text; documents that are already text pass through unchanged."""
 
     name = "extract"
+    config_class = ExtractConfig
 
     def __init__(self, cfg: ExtractConfig):
         import trafilatura  # noqa: F401  (fail at build time, not on the first page, if it is missing)

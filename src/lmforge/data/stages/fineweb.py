@@ -28,6 +28,7 @@ class FineWebConfig:
 
 class FineWebQuality(Stage):
     name = "fineweb"
+    config_class = FineWebConfig
 
     def __call__(self, doc: Document) -> str | None:
         c, text = self.cfg, doc.text

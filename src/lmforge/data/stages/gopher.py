@@ -64,6 +64,7 @@ def token_arrays(toks: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 class GopherRepetition(Stage):
     name = "gopher_repetition"
+    config_class = GopherRepetitionConfig
 
     def __call__(self, doc: Document) -> str | None:
         text, c = doc.text, self.cfg
@@ -130,6 +131,7 @@ class GopherQualityConfig:
 
 class GopherQuality(Stage):
     name = "gopher_quality"
+    config_class = GopherQualityConfig
 
     def __init__(self, cfg: GopherQualityConfig):
         super().__init__(cfg)

@@ -48,6 +48,7 @@ class Language(Stage):
     """Keeps a document when its top language is wanted with score >= threshold; records both."""
 
     name = "language"
+    config_class = LanguageConfig
 
     def __init__(self, cfg: LanguageConfig):
         super().__init__(cfg)

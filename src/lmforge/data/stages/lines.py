@@ -38,6 +38,7 @@ def _count_words(text: str) -> int:
 
 class LineCorrections(Stage):
     name = "line_corrections"
+    config_class = LineCorrectionsConfig
 
     def __init__(self, cfg: LineCorrectionsConfig):
         super().__init__(cfg)

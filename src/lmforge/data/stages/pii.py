@@ -30,6 +30,7 @@ class Pii(Stage):
     the same whichever worker masks it."""
 
     name = "pii"
+    config_class = PiiConfig
 
     def __call__(self, doc: Document) -> str | None:
         if self.cfg.emails:

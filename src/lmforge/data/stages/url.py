@@ -48,6 +48,7 @@ class UrlFilter(Stage):
     """Drops pages by URL. Documents without a URL pass (nothing to judge)."""
 
     name = "url_filter"
+    config_class = UrlFilterConfig
 
     def __init__(self, cfg: UrlFilterConfig):
         super().__init__(cfg)

@@ -1,0 +1,165 @@
+"""Write-then-rename under crashes: a writer killed (SIGKILL) at every step of a folder swap leaves the old or
+the new folder under the final name, at the latest once the next access has run ``recover_directory``, and
+the temporaries of killed writers are removed while live writers' and other hosts' are not."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmforge.atomic as atomic
+from lmforge.atomic import atomic_directory, atomic_file, recover_directory, remove_leftovers
+
+# A writer that kills itself (SIGKILL: no cleanup of any kind) at one point of an atomic_directory write.
+KILLED_WRITER = """
+import os, shutil, signal, sys
+import lmforge.atomic as atomic
+
+final, point = sys.argv[1], sys.argv[2]
+renames = 0
+real_replace, real_rmtree = os.replace, shutil.rmtree
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def replace(src, dst):
+    global renames
+    renames += 1
+    if point == f"rename{renames}":
+        die()
+    real_replace(src, dst)
+
+def rmtree(path, *args, **kw):
+    if point == "delete_old":
+        os.unlink(os.path.join(path, "v"))  # half deleted
+        die()
+    real_rmtree(path, *args, **kw)
+
+atomic.os.replace, atomic.shutil.rmtree = replace, rmtree
+with atomic.atomic_directory(final) as tmp:
+    (tmp / "v").write_text("new")
+    if point == "writing":
+        die()
+"""
+
+# Where each kill leaves the folder, before and after the next access (recover_directory).
+POINTS = {
+    "writing": ("old", "old"),  # the new folder was not complete
+    "rename1": ("old", "old"),  # killed just before old -> .old
+    "rename2": (None, "old"),  # between the two renames: only .old exists; recovery puts it back
+    "rename3": ("new", "new"),  # swapped; .old not yet renamed away
+    "delete_old": ("new", "new"),  # killed half-way through deleting the previous folder
+}
+
+
+def content(final: Path) -> str | None:
+    return (final / "v").read_text() if final.is_dir() else None
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_killed_swap_leaves_old_or_new_folder(tmp_path, point):
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "v").write_text("old")
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(final), point], capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    before, after = POINTS[point]
+    assert content(final) == before
+    recover_directory(final)  # what the next write (or a reader) does first
+    assert content(final) == after
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no .old, no temporary of the dead writer
+    with atomic_directory(final) as tmp:
+        (tmp / "v").write_text("newer")
+    assert content(final) == "newer"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_swap_interrupted_by_an_exception_is_repaired_by_the_next_write(tmp_path, monkeypatch):
+    """A swap that fails between its two renames (the process lives on) leaves ``.model.old``; the next write
+    in the same process puts it back first and reuses its own temporary name."""
+    final = tmp_path / "model"
+    with atomic_directory(final) as tmp:
+        (tmp / "v").write_text("old")
+    real, calls = os.replace, []
+
+    def fail_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", fail_second)
+    with pytest.raises(OSError, match="disk gone"), atomic_directory(final) as tmp:
+        (tmp / "v").write_text("new")
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert not final.exists() and (tmp_path / ".model.old" / "v").read_text() == "old"
+    recover_directory(final)
+    assert content(final) == "old"
+    with atomic_directory(final) as tmp:
+        (tmp / "v").write_text("new")
+    assert content(final) == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_failed_write_keeps_the_previous_folder(tmp_path):
+    final = tmp_path / "out"
+    with atomic_directory(final) as tmp:
+        (tmp / "v").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "v").write_text("half")
+        raise RuntimeError
+    assert content(final) == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_only_dead_writers_temporaries_on_this_host_are_removed(tmp_path):
+    host = atomic._HOST
+    dead, live = dead_pid(), os.getpid()
+    keep = [
+        f".model.tmp-{live}-{host}",  # a live writer (this process)
+        f".model.tmp-{dead}-other-{host}",  # another host: its pids mean nothing here
+        ".model.tmp-notes",  # not lmforge's naming
+        f"model.tmp-{dead}-{host}",  # not hidden: not a temporary
+        "model",
+    ]
+    gone = [f".model.tmp-{dead}-{host}"]
+    for name in keep + gone:
+        (tmp_path / name).mkdir()
+    recover_directory(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_atomic_file_replaces_on_success_only(tmp_path):
+    path = tmp_path / "a" / "f.json"
+    with atomic_file(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".f.json.tmp-")
+        tmp.write_text("1")
+    with pytest.raises(KeyboardInterrupt), atomic_file(path, fsync=True) as tmp:
+        tmp.write_text("2")
+        raise KeyboardInterrupt
+    assert path.read_text() == "1"
+    assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_remove_leftovers_walks_the_tree(tmp_path):
+    host, dead = atomic._HOST, dead_pid()
+    (tmp_path / "done" / "seg0").mkdir(parents=True)
+    killed = tmp_path / "done" / "seg0" / f".00001.json.tmp-{dead}-{host}"
+    killed.write_text("{")
+    (tmp_path / f".big.tmp-{dead}-{host}").mkdir()
+    live = tmp_path / f".00002.jsonl.tmp-{os.getpid()}-{host}"
+    live.write_text("")
+    remove_leftovers(tmp_path)
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    assert left == {"done", "done/seg0", live.name}
