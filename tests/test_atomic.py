@@ -20,9 +20,9 @@ KILLED_WRITER = """
 import os, shutil, signal, sys
 import lmforge.atomic as atomic
 
-final, point = sys.argv[1], sys.argv[2]
+final, point, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "exchange"
 renames = 0
-real_replace, real_rmtree = os.replace, shutil.rmtree
+real_replace, real_rmtree, real_exchange = os.replace, shutil.rmtree, atomic._exchange
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -40,20 +40,31 @@ def rmtree(path, *args, **kw):
         die()
     real_rmtree(path, *args, **kw)
 
-atomic.os.replace, atomic.shutil.rmtree = replace, rmtree
+def swap(a, b):
+    if not exchange:
+        return False  # as on a system without an atomic exchange: the two-rename swap
+    if point == "exchange":
+        die()
+    return real_exchange(a, b)
+
+atomic.os.replace, atomic.shutil.rmtree, atomic._exchange = replace, rmtree, swap
 with atomic.atomic_directory(final) as tmp:
     (tmp / "v").write_text("new")
     if point == "writing":
         die()
 """
 
-# Where each kill leaves the folder, before and after the next access (recover_directory).
+# Where each kill leaves the folder, before and after the next access (recover_directory): with the
+# atomic exchange (Linux) the final name is never missing; without it, only between the two renames.
 POINTS = {
-    "writing": ("old", "old"),  # the new folder was not complete
-    "rename1": ("old", "old"),  # killed just before old -> .old
-    "rename2": (None, "old"),  # between the two renames: only .old exists; recovery puts it back
-    "rename3": ("new", "new"),  # swapped; .old not yet renamed away
-    "delete_old": ("new", "new"),  # killed half-way through deleting the previous folder
+    ("writing", "exchange"): ("old", "old"),  # the new folder was not complete
+    ("exchange", "exchange"): ("old", "old"),  # killed just before the exchange
+    ("delete_old", "exchange"): ("new", "new"),  # killed half-way through deleting the swapped-out folder
+    ("writing", "renames"): ("old", "old"),
+    ("rename1", "renames"): ("old", "old"),  # killed just before old -> .old
+    ("rename2", "renames"): (None, "old"),  # between the two renames: only .old exists; recovery restores it
+    ("rename3", "renames"): ("new", "new"),  # swapped; .old not yet renamed away
+    ("delete_old", "renames"): ("new", "new"),  # killed half-way through deleting the previous folder
 }
 
 
@@ -67,14 +78,17 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
-@pytest.mark.parametrize("point", list(POINTS))
-def test_killed_swap_leaves_old_or_new_folder(tmp_path, point):
+@pytest.mark.parametrize(("point", "swap"), list(POINTS))
+def test_killed_swap_leaves_old_or_new_folder(tmp_path, point, swap):
     final = tmp_path / "model"
     with atomic_directory(final) as tmp:
         (tmp / "v").write_text("old")
-    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(final), point], capture_output=True)
+    if swap == "exchange" and not atomic._exchange(tmp_path / "model", tmp_path / "model"):
+        pytest.skip("no atomic exchange on this system / file system")
+    args = [sys.executable, "-c", KILLED_WRITER, str(final), point, swap]
+    child = subprocess.run(args, capture_output=True)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()
-    before, after = POINTS[point]
+    before, after = POINTS[point, swap]
     assert content(final) == before
     recover_directory(final)  # what the next write (or a reader) does first
     assert content(final) == after
@@ -99,6 +113,7 @@ def test_swap_interrupted_by_an_exception_is_repaired_by_the_next_write(tmp_path
             raise OSError("disk gone")
         real(src, dst)
 
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # the two-rename swap
     monkeypatch.setattr(atomic.os, "replace", fail_second)
     with pytest.raises(OSError, match="disk gone"), atomic_directory(final) as tmp:
         (tmp / "v").write_text("new")

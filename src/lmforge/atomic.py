@@ -7,6 +7,8 @@ writer (this host, process gone) from the work of a live one, and removes only t
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import re
 import shutil
@@ -116,9 +118,11 @@ def recover_directory(path: str | Path) -> None:
 def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to write into; on success it takes the place of ``out_dir``.
 
-    POSIX cannot swap two folders in one step: the previous ``out_dir`` is renamed to ``.NAME.old``, the new
-    one into place, then ``.old`` is deleted. A crash before the swap leaves the previous folder; a crash
-    inside it leaves a complete ``.NAME.old``, which the next write (or ``recover_directory``) restores.
+    On Linux the new folder and the previous one swap names in one atomic step, then the previous one is
+    deleted: a crash at any moment leaves the old or the new folder under ``out_dir``. Elsewhere (no atomic
+    exchange) the previous ``out_dir`` is renamed to ``.NAME.old``, the new one into place, then ``.old`` is
+    deleted: a crash between the two renames leaves a complete ``.NAME.old``, which the next write (or
+    ``recover_directory``, which readers may call) restores.
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,26 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if final.exists() and _exchange(tmp, final):  # one atomic step: ``tmp`` now holds the previous folder
+        _remove(tmp)
+        return
     if final.exists():
         os.replace(final, _old(final))
     os.replace(tmp, final)
     _discard_old(final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``): the final name never
+    goes missing. False where the system or file system cannot (then the two-rename swap is used)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
