@@ -178,3 +178,42 @@ def test_remove_leftovers_walks_the_tree(tmp_path):
     remove_leftovers(tmp_path)
     left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
     assert left == {"done", "done/seg0", live.name}
+
+
+def test_a_folder_with_foreign_files_is_refused_unless_overwrite_which_touches_only_ours(tmp_path):
+    from lmforge.atomic import OutputNotEmpty
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    refused = r"holds files lmforge did not write \(notes.txt\).*--overwrite"
+    with pytest.raises(OutputNotEmpty, match=refused), atomic_directory(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the refused write left no temporary
+    with atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "a").write_text("1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b").write_text("2")
+    with atomic_directory(out, overwrite=True) as tmp:  # again: our earlier files are replaced
+        (tmp / "c").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == [".lmforge-files", "c", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_our_own_output_is_replaced_whole_and_the_working_directory_works(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    with atomic_directory(out) as tmp:
+        (tmp / "old_only").write_text("x")
+    with atomic_directory(out) as tmp:  # lmforge's folder: no --overwrite needed
+        (tmp / "v").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == [".lmforge-files", "v"]
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with atomic_directory(".") as tmp:  # `--out .`: written in place, the shell's folder stays
+        (tmp / "v").write_text("in cwd")
+    assert (here / "v").read_text() == "in cwd" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "here",
+        "model",
+    ]

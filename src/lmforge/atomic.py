@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lmforge.errors import LmforgeError
+
 _HOST = socket.gethostname()
+MANIFEST = ".lmforge-files"  # the entries lmforge wrote in an output folder
 
 
 def _tmp(final: Path) -> Path:
@@ -115,7 +119,7 @@ def recover_directory(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
+def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder to write into; on success it takes the place of ``out_dir``.
 
     On Linux the new folder and the previous one swap names in one atomic step, then the previous one is
@@ -123,25 +127,78 @@ def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
     exchange) the previous ``out_dir`` is renamed to ``.NAME.old``, the new one into place, then ``.old`` is
     deleted: a crash between the two renames leaves a complete ``.NAME.old``, which the next write (or
     ``recover_directory``, which readers may call) restores.
+
+    lmforge never deletes what it did not write: each output lists its entries in ``.lmforge-files``, and
+    a folder holding anything else is refused (``OutputNotEmpty``) unless ``overwrite``; then only the new
+    files are put in place, one atomic rename each, and lmforge's earlier ones removed, the rest untouched
+    (so too for the working directory, whose folder must not be swapped away under the shell).
     """
-    final = Path(out_dir)
+    final = Path(os.path.abspath(out_dir))  # "." and "x/.." have real names
+    if final.exists() and not final.is_dir():
+        raise OutputNotEmpty(f"{final} is a file, not a folder: choose a folder for the output")
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(final)
+    foreign = foreign_entries(final)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputNotEmpty(
+            f"{final} holds files lmforge did not write ({shown}): choose a new or empty folder, or "
+            "pass --overwrite to put lmforge's files beside them (nothing else there is touched)"
+        )
     tmp = _tmp(final)
     _remove(tmp)  # left by a killed process that had this pid
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / MANIFEST).write_text(json.dumps(sorted(p.name for p in tmp.iterdir())), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists() and _exchange(tmp, final):  # one atomic step: ``tmp`` now holds the previous folder
+    if foreign or final == Path.cwd():
+        _merge_into(tmp, final)
+    elif final.exists() and _exchange(tmp, final):  # one atomic step: ``tmp`` now holds the previous folder
         _remove(tmp)
-        return
-    if final.exists():
-        os.replace(final, _old(final))
-    os.replace(tmp, final)
-    _discard_old(final)
+    else:
+        if final.exists():
+            os.replace(final, _old(final))
+        os.replace(tmp, final)
+        _discard_old(final)
+
+
+class OutputNotEmpty(LmforgeError):
+    """The output folder holds files lmforge did not write."""
+
+
+def owned_entries(folder: Path) -> set[str]:
+    """The entries of ``folder`` that lmforge wrote (its manifest), with the manifest itself."""
+    try:
+        return {*json.loads((folder / MANIFEST).read_text(encoding="utf-8")), MANIFEST}
+    except (OSError, ValueError):
+        return set()
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What ``folder`` holds that lmforge did not write there ([] for a missing or empty folder)."""
+    if not folder.is_dir():
+        return []
+    ours = owned_entries(folder)
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours)
+
+
+def _merge_into(tmp: Path, final: Path) -> None:
+    """Move the new entries into ``final`` one rename each, drop lmforge's earlier entries that the new
+    output lacks, leave everything else; the manifest goes last."""
+    final.mkdir(exist_ok=True)
+    before = owned_entries(final)
+    new = {p.name for p in tmp.iterdir()}
+    for name in sorted(new - {MANIFEST}):
+        if (final / name).is_dir() and name in before:
+            _remove(final / name)  # a folder cannot be renamed over a non-empty one
+        os.replace(tmp / name, final / name)
+    for name in sorted(before - new):
+        _remove(final / name)
+    os.replace(tmp / MANIFEST, final / MANIFEST)
+    _remove(tmp)
 
 
 def _exchange(a: Path, b: Path) -> bool:

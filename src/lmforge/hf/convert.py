@@ -116,7 +116,7 @@ def _load_keeping_ties(model: nn.Module, state: StateDict) -> None:
             setattr(model.get_submodule(module), attr, owner)
 
 
-def from_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
+def from_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """A local transformers checkpoint folder -> an lmforge model folder (tokenizer carried along)."""
     src = Path(hf_dir)
     adapter, config = read_hf_config(src)
@@ -129,7 +129,7 @@ def from_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     tokenizer = Tokenizer.load(src) if has_tok else None
     if tokenizer is None:
         warn_no_tokenizer(src, out_dir)
-    return save_model(model, tokenizer, out_dir, extra={"converted_from": adapter.model_type})
+    return save_model(model, tokenizer, out_dir, {"converted_from": adapter.model_type}, overwrite)
 
 
 def warn_no_tokenizer(src: Path, out_dir: str | Path) -> None:
@@ -164,7 +164,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def to_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
+def to_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """An lmforge model folder -> a folder ``transformers`` loads with ``from_pretrained``."""
     src = Path(model_dir)
     model, tokenizer = load_model(src)
@@ -176,7 +176,7 @@ def to_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         raise LmforgeError(f"{src}: {e}") from None
     state = adapter.state_to_hf(model_state_dict(model), model.config)
     hf_cfg = hf_config(adapter, model.config, tokenizer, next(model.parameters()).dtype)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp:
         _write_json(tmp / "config.json", hf_cfg)
         save_file(
             {k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), {"format": "pt"}

@@ -83,10 +83,14 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(
-    model: nn.Module, tokenizer: Tokenizer | None, out_dir: str | Path, extra: dict | None = None
+    model: nn.Module,
+    tokenizer: Tokenizer | None,
+    out_dir: str | Path,
+    extra: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a model folder atomically; ``extra`` lands in config.json (e.g. training provenance)."""
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp:
         config = model.config
         meta = {"format": FORMAT, "architecture": config.arch, "model": to_dict(config), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -141,8 +141,10 @@ def build_shards(
     workers: int = 1,
     shard_tokens: int = 1 << 27,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Tokenize ``documents`` into a shards folder (written atomically); returns its index."""
+    """Tokenize ``documents`` into a shards folder (written atomically; a folder holding files lmforge
+    did not write is refused unless ``overwrite``); returns its index."""
     from tqdm import tqdm
 
     from lmforge.atomic import atomic_directory
@@ -155,7 +157,7 @@ def build_shards(
     bar = tqdm(desc="tokenizing", unit=" tok", unit_scale=True, disable=not progress)
     doc_ends: list[np.ndarray] = []
     total = 0
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite) as tmp:
         tokenizer.save(tmp)
         writer = ShardWriter(tmp, shard_tokens)
         pool = None
