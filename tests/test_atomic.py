@@ -217,3 +217,29 @@ def test_our_own_output_is_replaced_whole_and_the_working_directory_works(tmp_pa
         "here",
         "model",
     ]
+
+
+def test_outputs_get_the_users_umask_not_private_temp_permissions(tmp_path, bpe_tokenizer):
+    """Folders and files that stages write are created as any other program's (0755/0644 under umask 022),
+    not with the 0700/0600 of temporary files."""
+    from lmforge.checkpoint import save_checkpoint
+    from lmforge.models.gpt import GPT, GPTConfig
+    from lmforge.models.io import save_model
+    from lmforge.tokenizer.shards import build_shards
+
+    old = os.umask(0o022)
+    try:
+        model = save_model(
+            GPT(GPTConfig(vocab_size=320, max_seq_len=8, n_layer=1, n_head=1, d_model=8)),
+            bpe_tokenizer,
+            tmp_path / "m",
+        )
+        shards = tmp_path / "s"
+        build_shards(["some text " * 50] * 4, bpe_tokenizer, shards, val_fraction=0.2, progress=False)
+        ckpt = save_checkpoint(tmp_path / "run", 1, {"x": 1}, keep_last=1)
+    finally:
+        os.umask(old)
+    for folder in (model, shards):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+        assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}, folder
+    assert ckpt.stat().st_mode & 0o777 == 0o644

@@ -55,3 +55,22 @@ def test_model_presets_load_and_validate():
         load_config(GPTConfig, "models/llama-small", ["n_kv_head=5"])
     with pytest.raises(ConfigError, match="expected one of"):
         load_config(GPTConfig, None, ["norm=batchnorm"])
+
+
+def test_every_float_spelling_and_the_right_source_of_a_bad_value(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string: it is still a number; a bad value on the command line is
+    blamed on the command line, one in the file on the file."""
+    from lmforge.train.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-3\n  min_lr: 1E-5\n")
+    cfg = load_config(TrainConfig, tmp_path / "c.yaml", ["optim.beta2=9.5e-1", "optim.eps=1e-8"])
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.beta2, cfg.optim.eps) == (1e-3, 1e-5, 0.95, 1e-8)
+    with pytest.raises(ConfigError, match=r"^command line: optim.lr: expected a number, got 'abc'"):
+        load_config(TrainConfig, tmp_path / "c.yaml", ["optim.lr=abc"])
+    with pytest.raises(ConfigError, match=r"^command line: unknown config key optim.learning_rate"):
+        load_config(TrainConfig, tmp_path / "c.yaml", ["optim.learning_rate=1"])
+    (tmp_path / "b.yaml").write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: optim.lr: expected a number, got 'fast'"):
+        load_config(TrainConfig, tmp_path / "b.yaml", ["max_steps=5"])
+    with pytest.raises(ConfigError, match="expected a number, got 'inf'"):
+        load_config(TrainConfig, None, ["optim.lr=inf"])

@@ -485,3 +485,20 @@ def test_function_stage_must_answer_true_or_false(user_stages, user_input, tmp_p
     cfg.progress = False
     with pytest.raises(LmforgeError, match=r"forgot_return returned None; a function stage returns True"):
         run_pipeline(cfg)
+
+
+def test_ray_address_without_a_cluster_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from lmforge.cli import main
+
+    def no_cluster(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "a document of a few words"}) + "\n")
+    args = ["data", "run", f"input={tmp_path / 'a.jsonl'}", f"output={tmp_path / 'out'}", "executor=ray"]
+    assert main([*args, "ray.address=auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ray.address=auto: no Ray cluster there" in err and "ray start --head" in err
+    assert len(err.splitlines()) == 1

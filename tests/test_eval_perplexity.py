@@ -85,3 +85,13 @@ def test_shards_of_another_tokenizer_and_bad_settings_are_refused(shards, model,
     for bad in ({"batch_size": 0}, {"max_tokens": 0}):
         with pytest.raises(LmforgeError, match="batch_size and max_tokens must be positive"):
             perplexity(model, shards, "val", 16, **bad)
+
+
+def test_cli_refuses_shards_of_another_tokenizer(shards, model, bpe_tokenizer, tmp_path, capsys):
+    from lmforge.tokenizer.train import train_bpe
+
+    other = train_bpe([corpus_text()[40_000:120_000]], bpe_tokenizer.vocab_size)
+    save_model(model, other, tmp_path / "m")
+    assert main(["eval", "perplexity", str(tmp_path / "m"), "--data", str(shards), "--seq-len", "16"]) == 2
+    assert "tokenized with another tokenizer than the model's" in capsys.readouterr().err
+    assert main(["eval", "perplexity", str(tmp_path / "m"), "--data", str(shards), "--seq-len", "99"]) == 2

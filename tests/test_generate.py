@@ -181,3 +181,38 @@ def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch
     with torch.no_grad():
         model.lm_head.weight.mul_(2)
     assert packed_for_decode(model, len(prompts)) is not twin
+
+
+def test_cli_stop_escapes_and_a_readable_stream_of_several_prompts(lmf_llama_dir, capsys):
+    """--stop "\\n" as a shell passes it (backslash, n) stops at a newline; --stream with several prompts
+    prints each row whole under its header, like the non-streamed output."""
+    model, tok = load_model(lmf_llama_dir)
+    free = complete(model, tok, ["x = "], max_new_tokens=40, temperature=0, stop_at_eos=False)[0].text
+    stop = free[3:5]
+    typed = stop.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")  # as the shell hands it over
+    base = [
+        "generate",
+        str(lmf_llama_dir),
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "stop_at_eos=false",
+    ]
+    assert main([*base, "--prompt", "x = ", "--stop", typed]) == 0
+    assert capsys.readouterr().out == "x = " + free[: free.find(stop)] + "\n"
+    several = [*base, "--prompt", "x = ", "--prompt", "def f(", "--prompt", "import "]
+    assert main([*several, "--stream"]) == 0
+    streamed = capsys.readouterr().out
+    texts = [
+        c.text
+        for c in complete(
+            model, tok, ["x = ", "def f(", "import "], max_new_tokens=40, temperature=0, stop_at_eos=False
+        )
+    ]
+    assert streamed == "".join(
+        f"--- [{i}] {p}{t}\n" for i, (p, t) in enumerate(zip(["x = ", "def f(", "import "], texts))
+    )
+    from lmforge.infer.config import GenerateConfig
+
+    assert GenerateConfig(prompt=["a"], stop=["\\n\\n", "a\\tb", "c\\\\n"]).stop == ["\n\n", "a\tb", "c\\n"]

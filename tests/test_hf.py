@@ -208,3 +208,19 @@ def test_converting_without_a_tokenizer_says_so_at_once(hf_gpt2_dir, tmp_path, c
     assert f"warning: {out} has no tokenizer" in capsys.readouterr().err
     from_hf(hf_gpt2_dir, tmp_path / "with")  # a folder with its tokenizer converts without a word
     assert "warning" not in capsys.readouterr().err
+
+
+def test_convert_never_wipes_a_folder_it_did_not_write(lmf_gpt2_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["convert", "--to-hf", str(lmf_gpt2_dir), str(out)]) == 2
+    assert "holds files lmforge did not write (keep.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert main(["convert", "--to-hf", str(lmf_gpt2_dir), str(out), "--overwrite"]) == 0
+    assert (out / "keep.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["convert", "--to-hf", str(lmf_gpt2_dir), "."]) == 0  # --out . : in place, nothing left over
+    assert (here / "config.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["here", "out"]

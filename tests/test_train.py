@@ -356,3 +356,20 @@ def test_a_val_split_too_short_is_said_at_shard_time_and_train_start(bpe_tokeniz
     assert "holds no window of 33 tokens: this run has no validation" in capsys.readouterr().err
     with pytest.raises(LmforgeError, match="early stopping and stop_at_val_loss cannot work"):
         Trainer(tiny(tmp_path / "s", tmp_path / "r2", "max_steps=2", "early_stop_patience=2"))
+
+
+def test_resume_of_a_mistyped_folder_says_it_does_not_exist(tmp_path, capsys):
+    assert main(["pretrain", "--resume", str(tmp_path / "rnus" / "x")]) == 2
+    assert "rnus/x: no such run folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_the_run_at_the_end_of_the_step_with_a_checkpoint(shards, tmp_path):
+    def press_ctrl_c(step: int, loss: float) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = tiny(shards, tmp_path / "int", "max_steps=50", "ckpt_every=1000", "eval_every=1000")
+    summary = Trainer(cfg, on_step=press_ctrl_c).run()
+    assert summary["stopped"] == "SIGINT" and summary["step"] == 3 and summary["model_dir"] is None
+    assert load_checkpoint(latest_checkpoint(tmp_path / "int"))["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

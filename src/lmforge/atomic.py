@@ -151,6 +151,7 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
     try:
         yield tmp
         (tmp / MANIFEST).write_text(json.dumps(sorted(p.name for p in tmp.iterdir())), encoding="utf-8")
+        _apply_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -163,6 +164,15 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
             os.replace(final, _old(final))
         os.replace(tmp, final)
         _discard_old(final)
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give what a writer left private (safetensors writes 0600) the permissions the user's umask gives
+    any new file: outputs are shared like other programs' outputs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 class OutputNotEmpty(LmforgeError):

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from lmforge.config import ConfigError
+from lmforge.config import ConfigError, presets_help
 
 _KEY_RE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="key=value settings (input=..., output=..., workers=N, executor=ray, "
         "stage.language.threshold=0.7, write_dropped=true); "
         "bare paths after input= (an unquoted glob the shell expanded) are added to the input",
+    )
+    run_p.formatter_class = argparse.RawDescriptionHelpFormatter
+    run_p.epilog = (
+        "the keys: see a preset (configs/data/*.yaml) and docs/data.md; each stage's options as "
+        f"stage.NAME.KEY=value\n\n{presets_help('data')}"
     )
     run_p.set_defaults(func=run)
     stats_p = data_sub.add_parser("stats", help="print the funnel of a finished run")

@@ -57,7 +57,14 @@ class RayExecutor:
         self.started = not ray.is_initialized()
         if self.started:
             if job.cfg.ray.address:
-                ray.init(address=job.cfg.ray.address, log_to_driver=False)
+                try:
+                    ray.init(address=job.cfg.ray.address, log_to_driver=False)
+                except ConnectionError as e:
+                    raise LmforgeError(
+                        f"ray.address={job.cfg.ray.address}: no Ray cluster there ({str(e).split('.')[0]}); "
+                        "start one (`ray start --head`), give its address, or drop ray.address to run Ray "
+                        "on this machine"
+                    ) from None
             else:
                 cpus = job.cfg.ray.num_cpus or job.cfg.workers
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.config import add_config_arguments, config_from_args
+from lmforge.evaluate.config import PerplexityConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     tasks = sub.add_parser("eval", help="evaluate a model").add_subparsers(
@@ -13,17 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", help="a run folder (uses its exported model or last checkpoint) or a model folder"
     )
-    p.add_argument("--data", required=True, help="a shards folder written by `lmforge shards`")
-    p.add_argument("--split", default="val")
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        default=None,
-        help="window length (default: the run's, else the model's context)",
+    add_config_arguments(
+        p, PerplexityConfig, ["data", "split", "seq_len", "batch_size", "max_tokens", "device"]
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=run_perplexity)
 
 
@@ -32,9 +27,10 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
     from lmforge.evaluate.perplexity import load_for_eval, perplexity
 
-    model, seq_len = load_for_eval(args.model, args.device)
+    cfg = config_from_args(PerplexityConfig, args)
+    model, seq_len, tokenizer = load_for_eval(args.model, cfg.device)
     result = perplexity(
-        model, args.data, args.split, args.seq_len or seq_len, args.batch_size, args.max_tokens
+        model, cfg.data, cfg.split, cfg.seq_len or seq_len, cfg.batch_size, cfg.max_tokens, tokenizer
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -22,23 +22,26 @@ from lmforge.tokenizer.core import Tokenizer
 from lmforge.tokenizer.shards import TokenShards, sequential_windows
 
 
-def load_for_eval(path: str | Path, device: str = "auto") -> tuple[nn.Module, int]:
-    """A model from a model folder, or from a run folder (its exported model, else its last
-    checkpoint); with the window length to score at (the run's training length where known)."""
+def load_for_eval(path: str | Path, device: str = "auto") -> tuple[nn.Module, int, Tokenizer | None]:
+    """A model from a model folder, or from a run folder (its exported model, else its last intact
+    checkpoint), with the window length to score at (the run's training length where known) and its
+    tokenizer (the model folder's, else the run's shards'), to check the data against."""
     p, dev = Path(path), pick_device(device)
-    run_cfg = read_yaml(p / "config.yaml") if (p / "config.yaml").is_file() else None
+    run_cfg = read_yaml(p / "config.yaml") if (p / "config.yaml").is_file() else {}
+    shards = Path(run_cfg.get("data", {}).get("shards", "")) if run_cfg else None
+    tokenizer = Tokenizer.load(shards) if shards and (shards / "tokenizer.json").is_file() else None
     if (p / "config.json").is_file():
-        model, _ = load_model(p, device=dev)
+        model, tokenizer = load_model(p, device=dev)
     elif (p / "model" / "config.json").is_file():
-        model, _ = load_model(p / "model", device=dev)
-    elif run_cfg is not None and (found := load_latest_intact(p)) is not None:
+        model, tokenizer = load_model(p / "model", device=dev)
+    elif run_cfg and (found := load_latest_intact(p)) is not None:
         model = registry.build(registry.config_from_dict(run_cfg["model"]))
         model.load_state_dict(found[1]["model"])
         model = model.to(dev).eval()
     else:
         raise LmforgeError(f"{p}: neither a model folder nor a run folder with a model or checkpoint")
-    seq_len = (run_cfg or {}).get("data", {}).get("seq_len", model.config.max_seq_len)
-    return model, seq_len
+    seq_len = run_cfg.get("data", {}).get("seq_len", model.config.max_seq_len)
+    return model, seq_len, tokenizer
 
 
 @torch.no_grad()

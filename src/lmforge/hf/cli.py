@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.config import add_config_arguments, config_from_args
+from lmforge.hf.config import ConvertConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint from/to Hugging Face transformers")
-    way = p.add_mutually_exclusive_group(required=True)
-    way.add_argument(
-        "--from-hf", metavar="HF_DIR", help="a local transformers folder (GPT-2 or Llama family)"
-    )
-    way.add_argument("--to-hf", metavar="LMF_DIR", help="an lmforge model folder")
     p.add_argument("out_dir", help="where to write the converted model")
+    add_config_arguments(p, ConvertConfig, ["from_hf", "to_hf", "overwrite"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lmforge.hf.convert import from_hf, to_hf
 
-    out = from_hf(args.from_hf, args.out_dir) if args.from_hf else to_hf(args.to_hf, args.out_dir)
+    cfg = config_from_args(ConvertConfig, args)
+    convert, source = (from_hf, cfg.from_hf) if cfg.from_hf else (to_hf, cfg.to_hf)
+    out = convert(source, args.out_dir, cfg.overwrite)
     print(f"wrote {out}")
     return 0

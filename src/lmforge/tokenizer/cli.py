@@ -5,45 +5,57 @@ from __future__ import annotations
 import argparse
 import os
 
+from lmforge.config import Flag, add_config_arguments, config_from_args
+from lmforge.tokenizer.config import ShardsConfig, TokenizerTrainConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
         dest="tokenizer_command", required=True, metavar="<command>"
     )
     p = tok.add_parser("train", help="train a byte-level BPE (or character-level) tokenizer on text/JSONL")
-    p.add_argument("--input", nargs="+", required=True, help=".txt/.md or .jsonl files (or folders), .gz ok")
-    p.add_argument("--out", required=True, help="folder for tokenizer.json + tokenizer_config.json")
-    p.add_argument("--vocab-size", type=int, default=16000)
-    p.add_argument("--kind", choices=["bpe", "char"], default="bpe")
-    p.add_argument("--special", action="append", default=[], help="extra special token (repeatable)")
-    p.add_argument(
-        "--min-frequency", type=int, default=2, help="BPE: merges seen fewer times are not learned"
+    add_config_arguments(
+        p,
+        TokenizerTrainConfig,
+        [
+            Flag("input", many=True),
+            "out",
+            "vocab_size",
+            "kind",
+            "special",
+            "min_frequency",
+            "text_key",
+            "overwrite",
+        ],
     )
-    p.add_argument("--text-key", default="text", help="JSONL field holding the text")
     p.set_defaults(func=run_train)
 
     s = sub.add_parser("shards", help="tokenize a corpus into binary token shards with a train/val split")
-    s.add_argument("--input", nargs="+", required=True, help=".txt/.md or .jsonl files (or folders), .gz ok")
-    s.add_argument("--tokenizer", required=True, help="a tokenizer folder (or an lmforge model folder)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--val-fraction", type=float, default=0.005, help="tail of the token stream kept for val")
-    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    s.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file")
-    s.add_argument("--text-key", default="text", help="JSONL field holding the text")
+    add_config_arguments(
+        s,
+        ShardsConfig,
+        [
+            Flag("input", many=True),
+            *("tokenizer", "out", "val_fraction", "workers", "shard_tokens", "text_key", "overwrite"),
+        ],
+    )
     s.set_defaults(func=run_shards)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from lmforge.atomic import atomic_directory
     from lmforge.tokenizer.sources import iter_corpus, list_inputs
     from lmforge.tokenizer.train import train_bpe, train_char
 
-    texts = iter_corpus(list_inputs(args.input), args.text_key)
-    if args.kind == "char":
-        tokenizer = train_char(texts, args.special)
+    cfg = config_from_args(TokenizerTrainConfig, args)
+    texts = iter_corpus(list_inputs(cfg.input), cfg.text_key)
+    if cfg.kind == "char":
+        tokenizer = train_char(texts, cfg.special)
     else:
-        tokenizer = train_bpe(texts, args.vocab_size, args.special, args.min_frequency, show_progress=True)
-    tokenizer.save(args.out)
-    print(f"{args.kind} tokenizer with {tokenizer.vocab_size} tokens -> {args.out}")
+        tokenizer = train_bpe(texts, cfg.vocab_size, cfg.special, cfg.min_frequency, show_progress=True)
+    with atomic_directory(cfg.out, cfg.overwrite) as tmp:
+        tokenizer.save(tmp)
+    print(f"{cfg.kind} tokenizer with {tokenizer.vocab_size} tokens -> {cfg.out}")
     return 0
 
 
@@ -52,12 +64,16 @@ def run_shards(args: argparse.Namespace) -> int:
     from lmforge.tokenizer.shards import build_shards
     from lmforge.tokenizer.sources import iter_corpus, list_inputs
 
-    tokenizer = Tokenizer.load(args.tokenizer)
-    docs = iter_corpus(list_inputs(args.input), args.text_key)
-    index = build_shards(docs, tokenizer, args.out, args.val_fraction, args.workers, args.shard_tokens)
+    cfg = config_from_args(ShardsConfig, args)
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    docs = iter_corpus(list_inputs(cfg.input), cfg.text_key)
+    workers = cfg.workers or os.cpu_count() or 1
+    index = build_shards(
+        docs, tokenizer, cfg.out, cfg.val_fraction, workers, cfg.shard_tokens, overwrite=cfg.overwrite
+    )
     split = {name: sum(e - s for _, s, e in r) for name, r in index["splits"].items()}
     print(
         f"{index['documents']:,} documents, {index['tokens']:,} tokens ({index['dtype']}) in "
-        f"{len(index['files'])} shard(s): train {split['train']:,}, val {split['val']:,} -> {args.out}"
+        f"{len(index['files'])} shard(s): train {split['train']:,}, val {split['val']:,} -> {cfg.out}"
     )
     return 0

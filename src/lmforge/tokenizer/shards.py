@@ -162,7 +162,8 @@ def build_shards(
         writer = ShardWriter(tmp, shard_tokens)
         pool = None
         if workers > 1:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            # Not fork: a process with threads (tokenizers', torch's) can deadlock its forked children.
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             pool = mp.get_context(method).Pool(workers, _init_worker, (str(tmp),))
             results = pool.imap(_encode_in_worker, ((b, dtype.str) for b in _batches(documents)))
         else:

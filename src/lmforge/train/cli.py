@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from lmforge.config import add_config_arguments, config_from_args, describe_config, presets_help
+from lmforge.train.config import TrainConfig
+
+
+@dataclass
+class DemoConfig:
+    """The demo's own keys; it passes every other ``key=value`` to its training config."""
+
+    minutes: float = 3.0  # training time budget
+    out: str = "runs/demo"  # folder for the tokenizer, shards, run, samples and summary
+    seed: int = 1337  # seeds training and sampling
+
+
+DEMO_KEYS = tuple(f.name for f in dataclasses.fields(DemoConfig))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,13 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. data.shards=shards/ max_steps=2000"
     )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = f"{describe_config(TrainConfig)}\n\n{presets_help('', 'train')}"
     p.set_defaults(func=run_pretrain)
 
-    d = sub.add_parser("demo", help="tokenizer, shards, pretraining and samples on a built-in corpus")
-    d.add_argument("--minutes", type=float, default=3.0, help="training time budget")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=1337)
-    d.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
+    d = sub.add_parser(
+        "demo",
+        help="tokenizer, shards, pretraining and samples on a built-in corpus",
+        description="key=value settings other than the demo's own keys (listed below) go to its training\n"
+        "config: the train/demo preset, keys as in `lmforge pretrain` (e.g. model.n_layer=2 max_steps=60).",
+    )
+    add_config_arguments(d, DemoConfig, ["minutes", "out", "seed"])
     d.set_defaults(func=run_demo)
 
 
@@ -36,6 +57,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.resume:
+        if not Path(args.resume).is_dir():
+            raise LmforgeError(f"--resume {args.resume}: no such run folder")
         saved = Path(args.resume) / "config.yaml"
         if args.config is None and not saved.is_file():
             raise LmforgeError(f"{args.resume}: no config.yaml; pass --config too")
@@ -61,8 +84,22 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_demo_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The demo's own ``key=value`` settings, and the rest, which belong to its training config."""
+    mine = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in DEMO_KEYS]
+    return mine, [o for o in overrides if o not in mine]
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from lmforge.config import ConfigError, load_config
+    from lmforge.train.config import TrainConfig
     from lmforge.train.demo import run_demo as demo
 
-    demo(args.out, args.minutes, args.seed, args.overrides)
+    args.overrides, train_overrides = split_demo_overrides(args.overrides)
+    cfg = config_from_args(DemoConfig, args)
+    try:  # the demo loads this config only after building its tokenizer and shards: check it first
+        load_config(TrainConfig, "train/demo", train_overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the demo's own keys: {', '.join(DEMO_KEYS)})") from None
+    demo(cfg.out, cfg.minutes, cfg.seed, train_overrides)
     return 0

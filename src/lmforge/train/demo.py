@@ -37,16 +37,25 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _stamps(out: Path) -> dict[str, str]:
+    """What inputs each folder of an earlier demo in ``out`` was built from (``.demo-inputs.json``)."""
+    try:
+        return json.loads((out / STAMPS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def _cached(folder: Path, fingerprint: str) -> bool:
     """``folder`` was built by an earlier demo from the same inputs (its stamp matches)."""
-    stamp = folder / ".demo-inputs"
-    return stamp.is_file() and stamp.read_text(encoding="utf-8") == fingerprint
+    return folder.is_dir() and _stamps(folder.parent).get(folder.name) == fingerprint
 
 
 def _stamp(folder: Path, fingerprint: str) -> None:
-    (folder / ".demo-inputs").write_text(fingerprint, encoding="utf-8")
+    stamps = {**_stamps(folder.parent), folder.name: fingerprint}
+    (folder.parent / STAMPS).write_text(json.dumps(stamps), encoding="utf-8")
 
 
+STAMPS = ".demo-inputs.json"
 RUN_FILES = ("checkpoints", "model", "tensorboard", "metrics.jsonl", "loss.png", "config.yaml")
 
 

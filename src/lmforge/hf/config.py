@@ -1,0 +1,18 @@
+"""Typed config of ``lmforge convert``: which way, from where (the output folder is positional)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmforge.config import ConfigError
+
+
+@dataclass
+class ConvertConfig:
+    from_hf: str | None = None  # a local transformers folder (GPT-2 or Llama family) to import
+    to_hf: str | None = None  # an lmforge model folder to export for transformers
+    overwrite: bool = False  # write into a folder holding other files (only lmforge's files are replaced)
+
+    def __post_init__(self) -> None:
+        if (self.from_hf is None) == (self.to_hf is None):
+            raise ConfigError("set exactly one of from_hf (--from-hf HF_DIR) and to_hf (--to-hf LMF_DIR)")

@@ -1,0 +1,31 @@
+"""Typed config of ``lmforge generate``: the sampling settings plus prompts, output, device and precision."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmforge.config import require
+from lmforge.infer.sampling import GenerationConfig
+
+
+@dataclass
+class GenerateConfig(GenerationConfig):
+    """A ``GenerationConfig`` (so its keys stay flat: ``temperature=0.8``) with what the command adds."""
+
+    prompt: list[str] = field(default_factory=list)  # required; several run as one left-padded batch
+    stream: bool = False  # print tokens as they are generated
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, "prompt")
+        self.stop = [unescape(s) for s in self.stop]
+
+
+def unescape(text: str) -> str:
+    r"""``\n``, ``\t`` and ``\\`` as newline, tab and backslash: a shell passes ``--stop "\n\n"`` as a
+    literal backslash and n, which would never match the text."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
