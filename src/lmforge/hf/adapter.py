@@ -72,6 +72,10 @@ class Adapter(ABC):
     def tensor_rules(self, config: Any) -> list[Rule]:
         """Every lmforge tensor of a model with ``config`` and the HF tensors it corresponds to."""
 
+    def architecture_for(self, config: Any) -> str:
+        """The transformers class an export writes (a family with several heads picks by config)."""
+        return self.architecture
+
     def ignored(self, name: str, config: Any) -> bool:
         """HF tensors with no weights of their own (buffers, tied copies): skipped on import."""
         return False

@@ -152,7 +152,7 @@ def hf_config(adapter: Adapter, config: Any, tokenizer: Tokenizer | None, dtype:
         ids = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
         special = dict(zip(SPECIAL_TOKEN_FIELDS, ids))
     return {
-        "architectures": [adapter.architecture],
+        "architectures": [adapter.architecture_for(config)],
         "model_type": adapter.model_type,
         **adapter.config_to_hf(config),
         "dtype": str(dtype).split(".")[-1],

@@ -321,16 +321,18 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
 
 
 class GeluMLP(nn.Module):
-    """FFN(x) = GELU(x W_1 + b_1) W_2 + b_2 (GPT-2, BERT)."""
+    """FFN(x) = GELU(x W_1 + b_1) W_2 + b_2 (GPT-2, BERT); ``dropout`` on its output while training
+    (BERT's hidden dropout)."""
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool, approximate: str = "tanh"):
+    def __init__(self, d_model: int, d_ff: int, bias: bool, approximate: str = "tanh", dropout: float = 0.0):
         super().__init__()
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
         self.approximate = approximate
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class SwiGLU(nn.Module):

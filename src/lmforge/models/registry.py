@@ -16,7 +16,7 @@ from torch import nn
 from lmforge.config import from_dict
 from lmforge.errors import LmforgeError
 
-_FAMILIES: dict[str, str] = {"gpt": "lmforge.models.gpt:GPT"}
+_FAMILIES: dict[str, str] = {"gpt": "lmforge.models.gpt:GPT", "bert": "lmforge.models.bert:Bert"}
 
 
 def register(arch: str, model_class: type[nn.Module] | str) -> None:

@@ -15,7 +15,8 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from lmforge.errors import LmforgeError
 
-SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token")
+# Decoders use bos/eos/pad/unk; encoders (BERT) also [CLS], [SEP] and [MASK].
+SPECIAL_ROLES = ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
 
 
 def _token_content(value: object) -> str | None:
@@ -29,6 +30,10 @@ class Tokenizer:
     """Text <-> ids, with the special tokens a language model needs (bos/eos/pad/unk)."""
 
     def __init__(self, backend: HFTokenizer, special_tokens: dict[str, str | None] | None = None):
+        # A tokenizer.json may carry padding/truncation settings (sentence-transformers folders pad to
+        # 128): ids must be the text's own, so batching and length limits are the caller's business.
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         self.special_tokens = {role: None for role in SPECIAL_ROLES}
         for role, tok in (special_tokens or {}).items():
@@ -55,6 +60,18 @@ class Tokenizer:
     @property
     def unk_id(self) -> int | None:
         return self._id("unk_token")
+
+    @property
+    def cls_id(self) -> int | None:
+        return self._id("cls_token")
+
+    @property
+    def sep_id(self) -> int | None:
+        return self._id("sep_token")
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._id("mask_token")
 
     @property
     def vocab_size(self) -> int:
