@@ -42,6 +42,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _family(options: tuple, value: Any, where: str) -> type | None:
+    """For a union of configs told apart by an ``arch`` field (model families), the one ``value`` names
+    (the first when it names none), so errors speak of that family's keys, not of every option's."""
+    families = {
+        f.default: tp
+        for tp in options
+        if dataclasses.is_dataclass(tp)
+        for f in dataclasses.fields(tp)
+        if f.name == "arch"
+    }
+    if not families or isinstance(value, tuple(families.values())) or not isinstance(value, dict):
+        return None
+    arch = value.get("arch", next(iter(families)))
+    if arch not in families:
+        raise ConfigError(f"{where}.arch: expected one of {list(families)}, got {arch!r}")
+    return families[arch]
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert where it is lossless."""
     origin = typing.get_origin(tp)
@@ -51,6 +69,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        if (family := _family(args, value, where)) is not None:
+            return _coerce(value, family, where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -349,8 +369,16 @@ def config_keys(cls: type, prefix: str = "") -> list[ConfigKey]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
+        families = [t for t in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(t)]
         if dataclasses.is_dataclass(hints[f.name]):
             keys += config_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif families:  # model families: the first's keys, then each other's own ones, marked
+            keys += config_keys(families[0], f"{prefix}{f.name}.")
+            seen = {k.name for k in keys}
+            for family in families[1:]:
+                arch = next(x.default for x in dataclasses.fields(family) if x.name == "arch")
+                own = [k for k in config_keys(family, f"{prefix}{f.name}.") if k.name not in seen]
+                keys += [dataclasses.replace(k, help=f"(arch={arch}) {k.help}".strip()) for k in own]
         else:
             keys.append(ConfigKey(prefix + f.name, hints[f.name], _default(f), docs[f.name]))
     return keys

@@ -63,9 +63,14 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tokenizer = Tokenizer.load(tokenizer_dir)
 
 
+def separator_id(tokenizer: Tokenizer) -> int | None:
+    """What ends each document in the shards: eos for decoders' tokenizers, [SEP] for BERT's."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+
+
 def _encode(tokenizer: Tokenizer, docs: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated ids (each document + eos) and each document's length including its eos."""
-    eos = tokenizer.eos_id
+    """Concatenated ids (each document + its separator) and each document's length including it."""
+    eos = separator_id(tokenizer)
     encoded = tokenizer.encode_batch(docs)
     lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
     flat = np.fromiter((t for ids in encoded for t in (*ids, eos)), dtype=dtype, count=int(lengths.sum()))
@@ -149,8 +154,8 @@ def build_shards(
 
     from lmforge.atomic import atomic_directory
 
-    if tokenizer.eos_id is None:
-        raise LmforgeError("the tokenizer has no eos token; shards need one to separate documents")
+    if separator_id(tokenizer) is None:
+        raise LmforgeError("the tokenizer has no eos (or [SEP]) token; shards need one to separate documents")
     if not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction must be in [0, 1), got {val_fraction}")
     dtype = token_dtype(tokenizer.vocab_size)
@@ -188,7 +193,7 @@ def build_shards(
             "dtype": dtype.name,
             "vocab_size": tokenizer.vocab_size,
             "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "eos_id": tokenizer.eos_id,
+            "eos_id": separator_id(tokenizer),  # the document separator
             "documents": len(ends),
             "tokens": total,
             "files": writer.files,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lmforge.config import ConfigError
+from lmforge.models.bert import BertConfig
 from lmforge.models.gpt import GPTConfig
 
 
@@ -38,12 +39,29 @@ class OptimConfig:
 
 
 @dataclass
+class MaskingConfig:
+    """Masked-LM corruption (objective=mlm): BERT's 15 % chosen, of which 80/10/10 mask/random/keep."""
+
+    rate: float = 0.15  # share of the window's tokens chosen for prediction
+    mask: float = 0.8  # of the chosen: replaced by [MASK]
+    random: float = 0.1  # of the chosen: replaced by a random token (the rest stay as they are)
+    nsp: bool = False  # also next-sentence prediction: [CLS] A [SEP] B [SEP], B the true next or random
+
+    def __post_init__(self) -> None:
+        if not (0 < self.rate < 1 and self.mask >= 0 and self.random >= 0 and self.mask + self.random <= 1):
+            raise ConfigError("mlm: need 0 < rate < 1, mask >= 0, random >= 0 and mask + random <= 1")
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/pretrain"
     objective: str = "causal_lm"  # a registered objective (train/objective.py) or 'package.module:Class'
-    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size comes from the shards' tokenizer
+    # model.arch names the family (gpt: GPT-2/Llama decoders, bert: encoders); vocab_size comes from the
+    # shards' tokenizer
+    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective=mlm only
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
     max_steps: int = 1000
@@ -82,7 +100,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
         if self.fit_schedule_to_time and self.max_minutes is None:
             raise ConfigError("fit_schedule_to_time needs max_minutes (the time to fit the schedule to)")
-        if self.objective == "causal_lm" and self.data.seq_len > self.model.max_seq_len:
+        if self.objective in ("causal_lm", "mlm") and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )

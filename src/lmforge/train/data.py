@@ -48,7 +48,13 @@ class WindowSampler:
         """Cumulative count of valid window starts per piece."""
         return np.cumsum([e - s - self.seq_len for _, s, e in self.pieces])
 
-    def _window(self, k: int) -> np.ndarray:
+    @property
+    def starts(self) -> int:
+        """How many windows the split holds (window k for k in range(starts))."""
+        return int(self._starts_cum[-1])
+
+    def window(self, k: int) -> np.ndarray:
+        """Window ``k``: ``seq_len + 1`` consecutive tokens of the split."""
         piece = int(np.searchsorted(self._starts_cum, k, side="right"))
         f, start, _ = self.pieces[piece]
         offset = k - (self._starts_cum[piece - 1] if piece else 0)
@@ -58,8 +64,8 @@ class WindowSampler:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of global batch ``step``: (inputs, targets), each (rows, seq_len) int64."""
         rng = np.random.default_rng([self.seed, SPLIT_TAGS.get(self.split, 2), step])
-        ks = rng.integers(0, int(self._starts_cum[-1]), size=self.global_batch)
+        ks = rng.integers(0, self.starts, size=self.global_batch)
         rows = self.global_batch // self.world_size
         mine = ks[self.rank * rows : (self.rank + 1) * rows]
-        windows = torch.from_numpy(np.stack([self._window(int(k)) for k in mine]).astype(np.int64))
+        windows = torch.from_numpy(np.stack([self.window(int(k)) for k in mine]).astype(np.int64))
         return windows[:, :-1], windows[:, 1:]

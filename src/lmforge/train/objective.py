@@ -79,7 +79,7 @@ class Objective:
         return None
 
 
-_OBJECTIVES = {"causal_lm": "lmforge.train.causal_lm:CausalLM"}
+_OBJECTIVES = {"causal_lm": "lmforge.train.causal_lm:CausalLM", "mlm": "lmforge.train.masked_lm:MaskedLM"}
 
 
 def build_objective(name: str) -> Objective:

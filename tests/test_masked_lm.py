@@ -1,0 +1,148 @@
+"""Masked-LM pretraining through the one loop: BERT's corruption in the right proportions (a statistical
+test), batches that depend on (seed, step) only, a loss that falls on real text, NSP as an option, and an
+exported encoder that loads as a model folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import corpus_text
+from lmforge.config import load_config
+from lmforge.models.bert import Bert
+from lmforge.models.io import load_model
+from lmforge.models.losses import IGNORE_INDEX
+from lmforge.tokenizer.shards import build_shards
+from lmforge.train.config import MaskingConfig, TrainConfig
+from lmforge.train.masked_lm import mask_tokens
+from lmforge.train.trainer import Trainer
+
+TINY = [
+    "objective=mlm",
+    "model.arch=bert",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.d_model=64",
+    "model.d_ff=128",
+    "model.max_seq_len=64",
+    "model.dropout=0.0",
+    "data.seq_len=64",
+    "batch_size=16",
+    "optim.lr=0.002",
+    "optim.warmup_steps=5",
+    "eval_batches=4",
+    "log_every=1",
+    "progress=false",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def wordpiece_shards(tmp_path_factory):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    from lmforge.tokenizer.core import Tokenizer
+
+    backend = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    docs = [p for p in corpus_text()[:200_000].split("\n\n") if p.strip()]
+    backend.train_from_iterator(docs, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    roles = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), specials))
+    out = tmp_path_factory.mktemp("mlm") / "shards"
+    build_shards(docs, Tokenizer(backend, roles), out, val_fraction=0.1, progress=False)
+    return out
+
+
+def test_corruption_proportions_are_berts():
+    """15 % chosen; of those 80 % [MASK], 10 % random, 10 % kept: each share within 4 standard errors."""
+    n, vocab, mask_id = 400_000, 1000, 999
+    ids = np.random.default_rng(0).integers(0, 998, n)
+    maskable = np.ones(n, dtype=bool)
+    maskable[::10] = False  # e.g. [CLS]/[SEP]: never chosen
+    corrupted, targets = mask_tokens(ids, maskable, mask_id, vocab, np.random.default_rng(1), MaskingConfig())
+    chosen = targets != IGNORE_INDEX
+    assert not chosen[~maskable].any() and (targets[chosen] == ids[chosen]).all()
+    assert (corrupted[~chosen] == ids[~chosen]).all()  # only chosen positions change
+
+    def within(share: float, p: float, count: int) -> bool:
+        return abs(share - p) < 4 * math.sqrt(p * (1 - p) / count)
+
+    m = int(maskable.sum())
+    assert within(chosen.sum() / m, 0.15, m)
+    c = int(chosen.sum())
+    masked = (corrupted[chosen] == mask_id).mean()
+    replaced = ((corrupted[chosen] != mask_id) & (corrupted[chosen] != ids[chosen])).mean()
+    assert within(masked, 0.8, c)
+    assert within(
+        replaced, 0.1 * (1 - 1 / vocab) - 0.1 / vocab, c
+    )  # a random token can be the same one or [MASK]
+
+
+def test_mlm_pretraining_learns_exports_an_encoder_and_batches_are_reproducible(wordpiece_shards, tmp_path):
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            *TINY,
+            f"data.shards={wordpiece_shards}",
+            f"out_dir={tmp_path / 'r'}",
+            "max_steps=60",
+            "eval_every=30",
+        ],
+    )
+    trainer = Trainer(cfg)
+    again = Trainer(cfg.__class__(**{**cfg.__dict__, "out_dir": str(tmp_path / "r2")}))
+    a, b = trainer.objective.train_batch(7), again.objective.train_batch(7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    masked = a["targets"] != IGNORE_INDEX
+    assert (
+        0.10 < masked.float().mean() < 0.20
+        and (a["input_ids"][:, 0] == trainer.objective.tokenizer.cls_id).all()
+    )
+    summary = trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    first = records[0]["loss"]
+    assert first > math.log(600) - 1.0 and summary["loss"] < first - 0.8
+    vals = [r for r in records if "val_mlm_acc" in r]
+    assert vals[-1]["val_mlm_acc"] > 10 / 600 and vals[-1]["val_ppl"] == pytest.approx(
+        math.exp(vals[-1]["val_loss"])
+    )
+    model, tokenizer = load_model(tmp_path / "r" / "model")
+    assert isinstance(model, Bert) and model.mlm is not None and tokenizer.mask_id is not None
+
+
+def test_next_sentence_prediction_option(wordpiece_shards, tmp_path):
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            *TINY,
+            f"data.shards={wordpiece_shards}",
+            f"out_dir={tmp_path / 'n'}",
+            "max_steps=4",
+            "eval_every=4",
+            "mlm.nsp=true",
+        ],
+    )
+    trainer = Trainer(cfg)
+    batch = trainer.objective.train_batch(0)
+    sep = trainer.objective.tokenizer.sep_id
+    segments = batch["token_type_ids"]
+    assert (
+        (batch["input_ids"][:, -1] == sep).all()
+        and (segments[:, 0] == 0).all()
+        and (segments[:, -1] == 1).all()
+    )
+    assert (segments.diff(dim=1) >= 0).all()  # A then B
+    last_of_a = (segments == 0).sum(1) - 1
+    assert (batch["input_ids"][torch.arange(len(segments)), last_of_a] == sep).all()  # [SEP] ends A
+    assert 0 < batch["is_next"].float().mean() < 1
+    summary = trainer.run()
+    assert 0.0 <= summary["val_nsp_acc"] <= 1.0 and trainer.model.nsp is not None
