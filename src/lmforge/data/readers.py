@@ -1,23 +1,29 @@
 """Readers: WARC, HTML files, JSONL, Parquet and plain text -> documents, and input discovery.
 
 A reader never raises on data: a record it cannot use becomes a :class:`Skip` with a named reason (so the
-funnel shows it), and a file that breaks half-way keeps the documents read before the break.
+funnel shows it), and a file that breaks half-way keeps the documents read before the break. Damage costs
+only what it touches: a WARC reader restarts at the next gzip member, zstd frame or WARC header, a Parquet
+reader at the next row group. HTTP bodies are un-chunked and decompressed when they really are.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
+import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from lmforge.data.document import Document, Skip
 from lmforge.errors import LmforgeError
+
+if TYPE_CHECKING:
+    from fastwarc.warc import HeaderMap, WarcRecord
 
 FORMATS = {
     "warc": (".warc", ".warc.gz", ".warc.zst", ".arc.gz"),
@@ -27,6 +33,13 @@ FORMATS = {
     "text": (".txt", ".txt.gz"),
 }
 SINGLE_DOC_FORMATS = ("html", "text")  # one document per file: small files are grouped into shards
+BLOCK = 1 << 16  # bytes read at a time
+ZSTD_READ = 1 << 12  # zstd input at a time: what a damaged frame can take with it beyond its broken block
+ZLIB_DECOMPRESS = type(zlib.decompressobj())
+# Where a WARC record can start again after damage: a gzip member or zstd frame (their magic bytes, by the
+# extension), else a WARC header.
+RESYNC = {".gz": b"\x1f\x8b\x08", ".zst": b"\x28\xb5\x2f\xfd"}
+WARC_HEADER = b"WARC/1."
 
 Item = Document | Skip
 
@@ -129,16 +142,65 @@ def decode(data: bytes, declared: str | None = None) -> str | Skip:
     )
 
 
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file's bytes, decompressed by its name (.gz, .zst; any case)."""
+def _compression(path: Path) -> str | None:
+    """By the name, as the user declared it (.gz, .zst; any case)."""
     name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zst"):
+    return "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else None
+
+
+class _Decompressor(Protocol):
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def decompressed_blocks(f: BinaryIO, compression: str | None) -> Iterator[bytes]:
+    """A file's bytes, decompressed gzip member by member or zstd frame by frame. Damage raises only after
+    everything decoded before it was yielded (a buffered reader on top would drop some), and a file cut
+    inside a member or frame raises EOFError (zstandard's stream reader ends quietly there)."""
+    if compression is None:
+        yield from iter(lambda: f.read(BLOCK), b"")
+        return
+    new: Callable[[], _Decompressor]
+    if compression == "gzip":
+        new, size = partial(zlib.decompressobj, 31), BLOCK
+    else:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        new, size = zstandard.ZstdDecompressor().decompressobj, ZSTD_READ
+    d, fed = new(), False
+    while block := f.read(size):
+        while block:
+            yield from _decompress(d, block)
+            fed, block = True, b""
+            if d.eof:  # the next member or frame starts in what this one left over
+                d, fed, block = new(), False, d.unused_data
+    if fed:
+        raise EOFError("the file ends inside a compressed member or frame")
+
+
+def _decompress(d: _Decompressor, block: bytes) -> Iterator[bytes]:
+    """``d.decompress(block)``. When zlib raises, the output before the damage would be lost with it, so
+    the block is fed again byte by byte from a copy of the state before it, up to the same error. zstd
+    has no copy: it gets small reads (``ZSTD_READ``) instead."""
+    if not isinstance(d, ZLIB_DECOMPRESS):
+        yield d.decompress(block)
+        return
+    saved = d.copy()
+    try:
+        out = d.decompress(block)
+    except zlib.error:
+        yield from (saved.decompress(block[i : i + 1]) for i in range(len(block)))
+        raise
+    yield out
+
+
+def _stream_errors() -> tuple[type[Exception], ...]:
+    """What a damaged plain, gzip or zstd file raises while being read."""
+    import zstandard
+
+    return (OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
 def _stream_error(e: Exception) -> Skip:
@@ -147,38 +209,73 @@ def _stream_error(e: Exception) -> Skip:
         return Skip("truncated_file")
     if isinstance(e, gzip.BadGzipFile | zlib.error):
         return Skip("bad_gzip")
-    return Skip("unreadable_file")
+    return Skip("unreadable_file" if isinstance(e, OSError) else "bad_zstd")
 
 
 def read_warc(path: Path, cfg: ReaderConfig) -> Iterator[Item]:
+    """Response and conversion records. Where fastwarc raises on damaged bytes, one ``corrupt_record`` is
+    counted and reading restarts at the next gzip member, zstd frame or WARC header after the last good
+    record: a damaged spot costs the records it touches, not the rest of the file."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     wanted = WarcRecordType.response | WarcRecordType.conversion
-    try:
-        for rec in ArchiveIterator(str(path), record_types=wanted, parse_http=True, fsspec_args=False):
-            yield _warc_item(rec, cfg)
-    except Exception:  # fastwarc raises on a corrupt or truncated record; the rest of the file is lost
-        yield Skip("corrupt_record")
+    marker = next((m for ext, m in RESYNC.items() if path.name.lower().endswith(ext)), WARC_HEADER)
+    with open(path, "rb") as f:
+        start: int | None = 0
+        counted = False  # this damaged spot has its corrupt_record already
+        while start is not None:
+            last = start
+            try:
+                f.seek(start)
+                for rec in ArchiveIterator(f, parse_http=False, fsspec_args=False):
+                    last, counted = rec.stream_pos, False
+                    if rec.record_type & wanted:
+                        if rec.is_http:
+                            rec.parse_http()
+                        yield _warc_item(rec, rec.reader.read(), cfg)
+                    elif rec.record_type == WarcRecordType.unknown:  # a garbled WARC-Type line
+                        yield Skip("corrupt_record")
+                return
+            except Exception:  # fastwarc raises OSError on damage; whatever breaks a record is damage
+                if not counted:
+                    yield Skip("corrupt_record")
+                counted = True
+                start = _find(f, last + 1, marker)
 
 
-def _warc_item(rec, cfg: ReaderConfig) -> Item:
+def _find(f: BinaryIO, pos: int, marker: bytes) -> int | None:
+    """Offset of the first ``marker`` at or after ``pos``; None if there is none."""
+    while True:
+        f.seek(pos)
+        block = f.read(BLOCK)
+        i = block.find(marker)
+        if i >= 0:
+            return pos + i
+        if len(block) < BLOCK:
+            return None
+        pos += BLOCK - len(marker) + 1
+
+
+def _warc_item(rec: WarcRecord, body: bytes, cfg: ReaderConfig) -> Item:
     from fastwarc.warc import WarcRecordType
 
-    try:
-        h = rec.headers
-        mime = (h.get("WARC-Identified-Payload-Type") or rec.http_content_type or "").lower()
-        is_wet = rec.record_type == WarcRecordType.conversion
-        body = rec.reader.read()
-        if len(body) < rec.content_length:  # the file ends inside this record
-            return Skip("truncated_record")
-        if len(body) > cfg.max_bytes:
-            return Skip("too_large")
-        html = "html" in mime or (not mime and not is_wet and body.lstrip()[:1] == b"<")
-        if not html and not (is_wet and (not mime or mime.startswith("text/plain"))):
-            return Skip("not_html")
-        text = decode(body, rec.http_charset)
-    except Exception:
-        return Skip("corrupt_record")
+    h = rec.headers
+    mime = (h.get("WARC-Identified-Payload-Type") or rec.http_content_type or "").lower()
+    is_wet = rec.record_type == WarcRecordType.conversion
+    if len(body) < rec.content_length or h.get("Content-Length") is None:  # the file ends inside it
+        return Skip("truncated_record")
+    if mime and "html" not in mime and not (is_wet and mime.startswith("text/plain")):
+        return Skip("not_html")
+    if rec.is_http:
+        body = _http_payload(rec.http_headers, body, cfg.max_bytes + 1)
+        if isinstance(body, Skip):
+            return body
+    if len(body) > cfg.max_bytes:
+        return Skip("too_large")
+    html = "html" in mime or (not mime and not is_wet and body.lstrip()[:1] == b"<")
+    if not html and not is_wet:
+        return Skip("not_html")
+    text = decode(body, rec.http_charset)
     if isinstance(text, Skip):
         return text
     url = (h.get("WARC-Target-URI") or h.get("uri") or "").strip().strip("<>")
@@ -186,17 +283,106 @@ def _warc_item(rec, cfg: ReaderConfig) -> Item:
     return Document(text=text, id=(rec.record_id or url).strip("<>"), url=url, metadata=meta, html=html)
 
 
-def read_single(path: Path, cfg: ReaderConfig, html: bool) -> Iterator[Item]:
+def _http_payload(headers: HeaderMap, body: bytes, limit: int) -> bytes | Skip:
+    """The payload as the server meant it: chunks joined, then content codings undone, the last applied
+    first. A crawler that stored it decoded may have kept the headers: then the body stays as it is."""
+    codings = [
+        c.strip().lower()
+        for name in ("Content-Encoding", "Transfer-Encoding")
+        for value in headers.get_multiple(name)
+        for c in value.split(",")
+    ]
+    for coding in reversed(codings):
+        if coding in ("", "identity"):
+            continue
+        body = _dechunk(body) if coding == "chunked" else _uncompress(coding, body, limit)
+        if isinstance(body, Skip):
+            return body
+    return body
+
+
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+
+def _dechunk(body: bytes) -> bytes | Skip:
+    """The payload of a chunked body. A body that does not start with a chunk size was stored decoded (kept
+    as it is); framing that breaks after that is damage. A body cut short keeps the chunks it has."""
+    if CHUNK_SIZE.match(body) is None:
+        return body
+    parts: list[bytes] = []
+    pos = 0
+    while pos < len(body):
+        head = CHUNK_SIZE.match(body, pos)
+        if head is None:
+            return Skip("bad_chunked")
+        size = int(head[1], 16)
+        if size == 0:
+            break
+        end = head.end() + size
+        if end < len(body) and not body.startswith((b"\r\n", b"\n"), end):
+            return Skip("bad_chunked")
+        parts.append(body[head.end() : end])
+        pos = end + (1 if body.startswith(b"\n", end) else 2)
+    return b"".join(parts)
+
+
+def _uncompress(coding: str, body: bytes, limit: int) -> bytes | Skip:
+    """``body`` with one content coding undone, at most ``limit`` bytes of it. Gzip, zlib or zstd data (known
+    by its magic bytes) that fails is damage, and a cut stream keeps what it has. Raw deflate and brotli have
+    no magic: only a stream that decodes to its end (or to the limit) counts. Anything else was stored
+    decoded: kept if it looks like text."""
+    import brotli  # a dependency of fastwarc
+    import zstandard
+
+    zlib_header = len(body) > 1 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+    zlib_magic = coding in ("gzip", "x-gzip", "deflate") and (body[:2] == b"\x1f\x8b" or zlib_header)
+    zstd_magic = coding == "zstd" and body[:4] == RESYNC[".zst"]
+    out = None
     try:
-        with open_binary(path) as f:
-            data = f.read(cfg.max_bytes + 1)
-    except (OSError, EOFError, zlib.error) as e:
+        if zlib_magic:
+            out = zlib.decompressobj(47).decompress(body, limit)  # 47: a gzip or a zlib header
+        elif zstd_magic:
+            out = zstandard.ZstdDecompressor().stream_reader(body).read(limit)
+        elif coding == "deflate":
+            d = zlib.decompressobj(-15)
+            out = d.decompress(body, limit)
+            out = out if d.eof or len(out) >= limit else None
+        elif coding == "br":
+            b = brotli.Decompressor()
+            out = b.process(body, output_buffer_limit=limit)  # brotli >= 1.2
+            out = out if b.is_finished() or len(out) >= limit else None
+    except (zlib.error, zstandard.ZstdError, brotli.error):
+        if zlib_magic or zstd_magic:
+            return Skip("bad_content_encoding")
+    if out is None:
+        looks_decoded = body.lstrip()[:1] == b"<" and b"\x00" not in body[:4096]
+        return body if looks_decoded or _is_utf8(body) else Skip("bad_content_encoding")
+    return out
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_single(path: Path, cfg: ReaderConfig, html: bool) -> Iterator[Item]:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            for block in decompressed_blocks(f, _compression(path)):
+                parts.append(block)
+                size += len(block)
+                if size > cfg.max_bytes:
+                    yield Skip("too_large")
+                    return
+    except _stream_errors() as e:
         yield _stream_error(e)
         return
-    if len(data) > cfg.max_bytes:
-        yield Skip("too_large")
-        return
-    text = decode(data)
+    text = decode(b"".join(parts))
     if isinstance(text, Skip):
         yield text
         return
@@ -206,12 +392,27 @@ def read_single(path: Path, cfg: ReaderConfig, html: bool) -> Iterator[Item]:
 
 def read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Item]:
     try:
-        with open_binary(path) as raw:
-            for n, line in enumerate(io.BufferedReader(raw)):
+        with open(path, "rb") as f:
+            for n, line in enumerate(_lines(decompressed_blocks(f, _compression(path)))):
                 if line.strip():
                     yield _json_item(line, cfg, f"{path.name}:{n}")
-    except (OSError, EOFError, zlib.error, ValueError) as e:
+    except _stream_errors() as e:
         yield _stream_error(e)
+
+
+def _lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines split on ``\\n``, a line over many blocks joined once; when the stream breaks, its unfinished
+    last line goes with it."""
+    head: list[bytes] = []
+    for block in blocks:
+        *lines, tail = block.split(b"\n")
+        if lines:
+            yield b"".join([*head, lines[0]])
+            yield from lines[1:]
+            head = []
+        head.append(tail)
+    if any(head):
+        yield b"".join(head)
 
 
 def _json_item(line: bytes, cfg: ReaderConfig, fallback_id: str) -> Item:
@@ -245,17 +446,26 @@ def _record_item(rec: dict, cfg: ReaderConfig, fallback_id: str) -> Item:
 
 
 def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Item]:
+    """Rows, row group by row group: a damaged group costs its own unread rows (each counted), not the rest
+    of the file; a file whose footer cannot be read is one ``unreadable_file``."""
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
-        n = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                yield _record_item(rec, cfg, f"{path.name}:{n}")
-                n += 1
+        pf = pq.ParquetFile(path, page_checksum_verification=True)  # checks pages that carry a CRC
     except Exception:  # pyarrow raises ArrowInvalid/OSError subclasses on a damaged file
         yield Skip("unreadable_file")
+        return
+    n = 0
+    for group in range(pf.num_row_groups):
+        end = n + pf.metadata.row_group(group).num_rows
+        try:
+            for batch in pf.iter_batches(batch_size=1024, row_groups=[group]):
+                for rec in batch.to_pylist():
+                    yield _record_item(rec, cfg, f"{path.name}:{n}")
+                    n += 1
+        except Exception:  # a damaged page or column chunk
+            yield from (Skip("corrupt_row_group") for _ in range(end - n))
+            n = end
 
 
 def read_shard(files: list[Path], cfg: ReaderConfig) -> Iterator[Item]:

@@ -24,7 +24,8 @@ def _open(path: Path, fmt: str, zstd_level: int) -> IO[bytes]:
     if fmt == "jsonl.zst":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=zstd_level).stream_writer(open(path, "wb"))
+        # frame checksums: a reader can tell damage from data (readers.py checks them)
+        return zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).stream_writer(open(path, "wb"))
     return open(path, "wb")
 
 
@@ -71,7 +72,8 @@ class DocumentWriter:
         import pyarrow.parquet as pq
 
         schema = pa.schema([(k, pa.string()) for k in (*COLUMNS, *self.fields)])
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=schema), tmp, compression="zstd")
+        table = pa.Table.from_pylist(self.rows, schema=schema)
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)  # checked when read
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stack.__exit__(exc_type, exc, tb)
