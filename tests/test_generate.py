@@ -216,3 +216,15 @@ def test_cli_stop_escapes_and_a_readable_stream_of_several_prompts(lmf_llama_dir
     from lmforge.infer.config import GenerateConfig
 
     assert GenerateConfig(prompt=["a"], stop=["\\n\\n", "a\\tb", "c\\\\n"]).stop == ["\n\n", "a\tb", "c\\n"]
+
+
+def test_a_model_stays_an_ordinary_module_after_packed_cpu_decoding(lmf_gpt2_dir):
+    """The packed copy lives beside the model, so deepcopy (and pickling) still work after generating."""
+    import copy
+
+    model, tok = load_model(lmf_gpt2_dir)
+    first = complete(model, tok, ["a", "b", "c", "d"], max_new_tokens=4, temperature=0)
+    twin = copy.deepcopy(model)
+    assert [c.text for c in complete(twin, tok, ["a", "b", "c", "d"], max_new_tokens=4, temperature=0)] == [
+        c.text for c in first
+    ]

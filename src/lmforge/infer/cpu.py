@@ -11,6 +11,7 @@ The packed copy shares every other tensor with the model and is rebuilt when the
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +50,18 @@ def _weights_version(model: GPT) -> tuple:
     return tuple((id(p), p._version, p.dtype) for p in model.parameters())
 
 
+# model -> (weights version, packed copy); kept beside the model, not on it, so the model stays an
+# ordinary module (deepcopy, pickling and state_dict never meet oneDNN's opaque tensors)
+_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, GPT | None]] = weakref.WeakKeyDictionary()
+
+
 def packed_for_decode(model: GPT, batch: int) -> GPT:
-    """A copy of ``model`` whose ``nn.Linear`` layers are ``PackedLinear`` (cached on the model)."""
+    """A copy of ``model`` whose ``nn.Linear`` layers are ``PackedLinear`` (cached per model)."""
     version = _weights_version(model)
-    cached = model.__dict__.get("_packed_decode")
+    cached = _PACKED.pop(model, None)
     if cached is not None and cached[0] == version:
-        return cached[1]
-    model.__dict__.pop("_packed_decode", None)
+        _PACKED[model] = cached
+        return cached[1] or model
     engines = model.__dict__.pop(ENGINES_KEY, None)  # caches that the copy must not duplicate
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     try:
@@ -70,5 +76,5 @@ def packed_for_decode(model: GPT, batch: int) -> GPT:
                     setattr(module, name, PackedLinear(child, batch))
     except RuntimeError:  # a oneDNN build without this layout for this CPU: decode with the plain model
         twin = model
-    model.__dict__["_packed_decode"] = (version, twin)
+    _PACKED[model] = (version, None if twin is model else twin)  # never the model itself: a weak key
     return twin
