@@ -8,6 +8,7 @@ a valid config, and one that fails with a config error must fail without reachin
 from __future__ import annotations
 
 import json
+import pkgutil
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -146,6 +147,8 @@ def loaded(monkeypatch) -> list:
         raise WorkStarted(*args, *kwargs.values())
 
     monkeypatch.setattr(config_module, "load_config", spy)
+    for target in WORK:  # import every module first: one imported under a stub would keep it for good
+        pkgutil.resolve_name(target)
     for target in WORK:
         monkeypatch.setattr(target, work)
     return configs

@@ -151,5 +151,7 @@ def test_step_minimises_the_mean_over_every_counted_target(tmp_path):
 def test_causal_lm_config_checks_its_window_before_work():
     with pytest.raises(ConfigError, match=r"data.seq_len \(64\) exceeds model.max_seq_len \(32\)"):
         load_config(TrainConfig, None, ["model.max_seq_len=32", "data.seq_len=64"])
-    with pytest.raises(ConfigError, match="model.arch: expected one of \\['gpt', 'bert'\\], got 'encoder'"):
+    with pytest.raises(
+        ConfigError, match=r"model.arch: expected one of \['gpt', 'bert', 'task'\], got 'encoder'"
+    ):
         load_config(TrainConfig, None, ["model.arch=encoder"])  # a config of another family never fits

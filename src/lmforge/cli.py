@@ -21,6 +21,7 @@ STAGE_CLIS = (
     "lmforge.tokenizer.cli",
     "lmforge.train.cli",
     "lmforge.evaluate.cli",
+    "lmforge.tasks.cli",
 )
 
 

@@ -16,7 +16,11 @@ from torch import nn
 from lmforge.config import from_dict
 from lmforge.errors import LmforgeError
 
-_FAMILIES: dict[str, str] = {"gpt": "lmforge.models.gpt:GPT", "bert": "lmforge.models.bert:Bert"}
+_FAMILIES: dict[str, str] = {
+    "gpt": "lmforge.models.gpt:GPT",
+    "bert": "lmforge.models.bert:Bert",
+    "task": "lmforge.models.task:TaskModel",  # a backbone (gpt or bert) with a task head
+}
 
 
 def register(arch: str, model_class: type[nn.Module] | str) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 from lmforge.config import ConfigError
 from lmforge.models.bert import BertConfig
 from lmforge.models.gpt import GPTConfig
+from lmforge.models.task import TEXT_FIELDS, TaskConfig
 
 
 @dataclass
@@ -53,15 +54,37 @@ class MaskingConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """What a task objective (objective=classify) fine-tunes on, and which of its models it keeps."""
+
+    model: str = ""  # pretrained lmforge model folder (bert or gpt) to start from; "": model.backbone, random
+    tokenizer: str = ""  # folder holding the tokenizer when training from scratch (default: task.model's)
+    train: str = ""  # labelled examples: .tsv, .csv (header row) or .jsonl, plain or .gz
+    dev: str = ""  # labelled examples scored in full at every evaluation ("": no validation)
+    text_field: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))  # the first a file has
+    label_field: str = "label"
+    labels: list[str] = field(default_factory=list)  # the label set in logit order; []: the train file's
+    max_len: int = 128  # tokens per example, special tokens included; longer texts are cut
+    class_weights: bool = False  # weight each example's loss by n / (k · n_label): every label counts alike
+    monitor: Literal["val_acc", "val_macro_f1", "val_loss"] = "val_acc"  # for keep_best, early stopping
+    keep_best: bool = True  # export the model of the best dev evaluation (by monitor), not the last one
+
+    def __post_init__(self) -> None:
+        if self.max_len < 3:
+            raise ConfigError(f"task.max_len must be at least 3, got {self.max_len}")
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/pretrain"
     objective: str = "causal_lm"  # a registered objective (train/objective.py) or 'package.module:Class'
-    # model.arch names the family (gpt: GPT-2/Llama decoders, bert: encoders); vocab_size comes from the
-    # shards' tokenizer
-    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
+    # model.arch names the family (gpt: GPT-2/Llama decoders, bert: encoders, task: a backbone with a task
+    # head); vocab_size comes from the shards' (or the task's) tokenizer
+    model: GPTConfig | BertConfig | TaskConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective=mlm only
+    task: FinetuneConfig = field(default_factory=FinetuneConfig)  # objective=classify only
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
     max_steps: int = 1000
@@ -100,6 +123,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
         if self.fit_schedule_to_time and self.max_minutes is None:
             raise ConfigError("fit_schedule_to_time needs max_minutes (the time to fit the schedule to)")
+        if self.objective in ("causal_lm", "mlm") and isinstance(self.model, TaskConfig):
+            raise ConfigError(f"objective={self.objective} pretrains a gpt or bert model, not arch task")
         if self.objective in ("causal_lm", "mlm") and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor, nn
 
@@ -31,6 +31,13 @@ Batch = dict[str, Tensor]
 
 class Objective:
     """Base class of objectives; override what your task needs (the defaults suit most)."""
+
+    # The val metric that decides which evaluation is best (early stopping counts the evaluations since
+    # it), and whether lower ("min") or higher ("max") is better.
+    monitor: tuple[str, Literal["min", "max"]] = ("val_loss", "min")
+    # True: the loop exports the model at each new best evaluation, so the exported model is the best
+    # one by ``monitor`` rather than the last (fine-tuning on a small dev set).
+    keep_best: bool = False
 
     def setup(self, cfg: TrainConfig, env: DistEnv) -> TrainConfig:
         """Open the data for this rank and return the config with what the data decides filled in
@@ -79,7 +86,11 @@ class Objective:
         return None
 
 
-_OBJECTIVES = {"causal_lm": "lmforge.train.causal_lm:CausalLM", "mlm": "lmforge.train.masked_lm:MaskedLM"}
+_OBJECTIVES = {
+    "causal_lm": "lmforge.train.causal_lm:CausalLM",
+    "mlm": "lmforge.train.masked_lm:MaskedLM",
+    "classify": "lmforge.tasks.classify:Classify",
+}
 
 
 def build_objective(name: str) -> Objective:

@@ -144,12 +144,28 @@ class Trainer:
         return loss_value, grad_norm
 
     def evaluate(self) -> dict[str, float]:
-        """Validation metrics ({} without val data), logged and fed to early stopping."""
+        """Validation metrics ({} without val data), logged and fed to early stopping; a new best by the
+        objective's ``monitor`` is exported at once when the objective keeps the best model."""
         metrics = self.validator(self.model, self.eval_batch)
         if metrics:
-            self.progress.record_val(metrics["val_loss"])
+            name, mode = self.objective.monitor
+            if name not in metrics:
+                raise LmforgeError(f"the objective monitors {name}; validation gives {sorted(metrics)}")
+            if self.progress.record_val(metrics[name], mode) and self.objective.keep_best:
+                self._export_best()
             self._log({"step": self.progress.step, **metrics})
         return metrics
+
+    def _export_best(self) -> None:
+        """Export the model as it is now, the best so far (collective: every rank gathers its shard; rank 0
+        writes). The RNG is left as it was, so keeping the best never changes what is trained."""
+        if not self.cfg.export:
+            return
+        with torch.random.fork_rng(devices=[]):
+            model_state, _ = D.full_state(self.wrapped, self.optimizer)
+            if self.env.is_main:
+                self.export(model_state)
+        D.barrier(self.env)
 
     def export(self, model_state: dict[str, torch.Tensor]) -> Path | None:
         """The trained model as the objective saves it (e.g. an lmforge model folder in out_dir/model)."""
@@ -230,7 +246,8 @@ class Trainer:
         state = ckpt.last_state if ckpt.saved_step == p.step and ckpt.last_state else ckpt.save(p)
         signalled = stopped.startswith("SIG")
         export = self.cfg.export and self.env.is_main and not signalled
-        model_dir = self.export(state["model"]) if export else None
+        best = self.objective.keep_best and p.best_step is not None  # exported when it was evaluated
+        model_dir = (self.run_dir / "model" if best else self.export(state["model"])) if export else None
         D.barrier(self.env)
         if self.metrics is not None:
             self.metrics.plot()

@@ -1,0 +1,151 @@
+"""``lmforge finetune classify`` (a training run of objective ``classify``) and ``lmforge predict``."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import (
+    ConfigError,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+    read_yaml,
+    require,
+)
+from lmforge.train.config import TrainConfig
+
+# Fine-tuning's usual settings, for the keys that the --config file, key=value and flags leave unset.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "objective": "classify",
+    "model.arch": "task",
+    "optim.lr": 5e-5,
+    "optim.weight_decay": 0.01,
+    "optim.beta2": 0.999,
+    "optim.warmup_steps": 100,
+    "batch_size": 32,
+    "max_steps": 2000,
+    "eval_every": 200,
+    "ckpt_every": 1000,
+}
+FLAGS = {"model": "task.model", "train": "task.train", "dev": "task.dev", "out": "out_dir"}
+
+
+@dataclass
+class PredictConfig:
+    """Settings of ``lmforge predict``."""
+
+    text: list[str] = field(default_factory=list)  # required: the texts to label (repeat --text)
+    top_k: int = 1  # labels shown per text, most probable first
+    batch_size: int = 32
+    max_len: int | None = None  # tokens per text; None: the length the model was fine-tuned with
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+
+    def __post_init__(self) -> None:
+        require(self, "text")
+        if self.top_k < 1 or self.batch_size < 1 or (self.max_len is not None and self.max_len < 3):
+            raise ConfigError("top_k and batch_size must be positive, max_len at least 3")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tasks = sub.add_parser("finetune", help="fine-tune a pretrained model on a task").add_subparsers(
+        dest="finetune_command", required=True, metavar="<task>"
+    )
+    defaults = textwrap.fill(
+        " ".join(f"{k}={v}" for k, v in FINETUNE_DEFAULTS.items()),
+        100,
+        initial_indent="  ",
+        subsequent_indent="  ",
+    )
+    p = tasks.add_parser(
+        "classify",
+        help="text classification: one label per text (TSV/CSV/JSONL)",
+        description="Fine-tune a classifier through the training loop (objective=classify; see\n"
+        f"docs/finetuning.md). Defaults for the keys left unset:\n{defaults}",
+    )
+    for flag, key in FLAGS.items():
+        p.add_argument(f"--{flag}", dest=f"set_{flag}", metavar=flag.upper(), help=f"sets {key}")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(func=run_finetune)
+
+    q = sub.add_parser("predict", help="label texts with a fine-tuned classifier")
+    q.add_argument("model", help="a fine-tuned model folder, or the run folder that exported it")
+    add_config_arguments(q, PredictConfig, ["text", "top_k", "batch_size", "max_len", "device"])
+    q.set_defaults(func=run_predict)
+
+
+def _keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys a nested mapping sets."""
+    keys = []
+    for name, value in tree.items():
+        keys += _keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [prefix + name]
+    return keys
+
+
+def finetune_config(path: str | None, overrides: list[str], values: dict[str, Any]) -> TrainConfig:
+    """The run's TrainConfig: the file, then key=value, then flags; FINETUNE_DEFAULTS fill what none of
+    them set."""
+    given = [
+        *(_keys(read_yaml(path)) if path else []),
+        *(o.split("=", 1)[0].strip() for o in overrides),
+        *values,
+    ]
+    unset = [
+        f"{key}={value}"
+        for key, value in FINETUNE_DEFAULTS.items()
+        if not any(key == g or key.startswith(f"{g}.") or g.startswith(f"{key}.") for g in given)
+    ]
+    return load_config(TrainConfig, path, [*unset, *overrides], values)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from lmforge.errors import LmforgeError
+    from lmforge.train.distributed import shutdown
+    from lmforge.train.trainer import Trainer
+
+    values = dict(getattr(args, "config_flags", {}))
+    values |= {
+        key: getattr(args, f"set_{flag}") for flag, key in FLAGS.items() if getattr(args, f"set_{flag}")
+    }
+    overrides, path = [*args.overrides, *getattr(args, "config_settings", [])], args.config
+    if args.resume:
+        if not (Path(args.resume) / "config.yaml").is_file() and path is None:
+            raise LmforgeError(f"--resume {args.resume}: no run folder with a config.yaml there")
+        path, values["out_dir"] = path or str(Path(args.resume) / "config.yaml"), args.resume
+    cfg = finetune_config(path, overrides, values)
+    trainer = Trainer(cfg, resume=bool(args.resume))
+    try:
+        summary = trainer.run()
+    finally:
+        shutdown(trainer.env)
+    if trainer.env.is_main:
+        print(_summary_line(summary, trainer))
+    return 0
+
+
+def _summary_line(summary: dict[str, Any], trainer) -> str:
+    p, monitor = trainer.progress, trainer.cfg.task.monitor
+    line = f"step {summary['step']}: loss {summary['loss']:.4f}"
+    if summary.get("val_acc") is not None:
+        line += f", dev accuracy {summary['val_acc']:.4f}, macro-F1 {summary['val_macro_f1']:.4f}"
+    if trainer.objective.keep_best and p.best_step is not None:
+        line += f"; best {monitor} {p.best_val:.4f} at step {p.best_step}"
+    return f"{line}; model {summary['model_dir']}" if summary["model_dir"] else line
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from lmforge.evaluate.classify import load_classifier, predict_proba
+
+    cfg = config_from_args(PredictConfig, args)
+    model, tokenizer, max_len = load_classifier(args.model, cfg.device)
+    probs = predict_proba(model, tokenizer, cfg.text, cfg.max_len or max_len, cfg.batch_size)
+    labels = model.config.labels
+    for text, p in zip(cfg.text, probs):
+        top = p.topk(min(cfg.top_k, len(labels)))
+        shown = [f"{labels[i]}\t{q:.4f}" for q, i in zip(top.values.tolist(), top.indices.tolist())]
+        print("\t".join([*shown, text]))
+    return 0
