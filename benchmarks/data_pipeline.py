@@ -1,13 +1,16 @@
-"""Benchmark ``lmforge data`` on real web pages: documents/s per stage and for the whole pipeline, side by
-side with datatrove running the same stages, and scaling from 1 to 2 workers.
+"""Benchmark ``lmforge data`` on real web pages: documents/s per stage and for the whole pipeline, with each
+extract engine (trafilatura, resiliparse), side by side with datatrove running the same stages in the same
+run, and scaling from 1 to 2 workers.
 
-    python benchmarks/data_pipeline.py [--repeats 3] [--out benchmarks/data_pipeline.json]
+    python benchmarks/data_pipeline.py [--repeats 3] [--parts compare,scaling] [--out FILE.json]
 
 Pages: the 406 HTML pages of ``<shared>/data/web`` (trafilatura-eval and the article-extraction benchmark),
-with their URLs. Stages compared (everything both can run offline): URL filter, trafilatura (FineWeb's
-settings), Gopher repetition, Gopher quality, C4 (FineWeb's settings), FineWeb filters. Language ID is
-timed for lmforge only: datatrove downloads lid.176.bin at run time. Needs the dev extras (datatrove, spacy
-for datatrove's word tokenizer, pyahocorasick/tldextract/fasteners for its URL filter).
+with their URLs. Stages compared (everything both can run offline): URL filter, extraction (datatrove:
+trafilatura with FineWeb's settings, its only HTML extractor), Gopher repetition, Gopher quality, C4
+(FineWeb's settings), FineWeb filters. Language ID is timed for lmforge only: datatrove downloads
+lid.176.bin at run time. ``lmforge data run`` (the same stages plus language ID, reading and writing shards)
+is timed in the same repeats. Needs the bench extras (datatrove, spacy for datatrove's word tokenizer,
+pyahocorasick/tldextract/fasteners for its URL filter).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import gzip
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +29,16 @@ from _report import machine, summary  # this folder is on sys.path when a benchm
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 STAGES = ["url_filter", "extract", "gopher_repetition", "gopher_quality", "c4", "fineweb"]
+ENGINES = {"trafilatura": "lmforge", "resiliparse": "lmforge_resiliparse"}  # engine -> its column
+ALL = "all (in-process)"
+
+
+def cpu_model() -> str:
+    """The CPU's name, which ``platform`` reduces to x86_64 on Linux."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [ln.partition(":")[2].strip() for ln in lines if ln.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def load_pages() -> list[dict]:
@@ -45,11 +59,11 @@ def load_pages() -> list[dict]:
     return out
 
 
-def ours(stage_names: list[str]):
+def ours(stage_names: list[str], engine: str = "trafilatura"):
     from lmforge.config import from_dict
     from lmforge.data.stages import DOC_STAGES
 
-    params = {"c4": {"filter_no_terminal_punct": False}, "extract": {"timeout": 10.0}}
+    params = {"c4": {"filter_no_terminal_punct": False}, "extract": {"timeout": 10.0, "engine": engine}}
     return [DOC_STAGES[n][1](from_dict(DOC_STAGES[n][0], params.get(n, {}))) for n in stage_names]
 
 
@@ -73,12 +87,12 @@ def theirs():
     ]
 
 
-def time_ours(pages: list[dict], stage_names: list[str]) -> dict[str, dict]:
+def time_ours(pages: list[dict], stage_names: list[str], engine: str = "trafilatura") -> dict[str, dict]:
     from lmforge.data.document import Document
     from lmforge.data.stages.extract import reset_extractor_state
 
     reset_extractor_state()
-    stages = ours(stage_names)
+    stages = ours(stage_names, engine)
     docs = [Document(text=p["text"], id=p["id"], url=p["url"], html=True) for p in pages]
     out = {}
     for name, stage in zip(stage_names, stages):
@@ -106,7 +120,9 @@ def time_theirs(pages: list[dict]) -> dict[str, dict]:
     return out
 
 
-def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> float:
+def whole_pipeline(
+    pages: list[dict], workers: int, tmp: Path, tag: str, engine: str = "trafilatura"
+) -> float:
     """Seconds of ``lmforge data run`` (FineWeb filters + LID, no dedup) over the pages in 8 JSONL shards."""
     from lmforge.data.config import PipelineConfig
     from lmforge.data.run import run_pipeline
@@ -118,7 +134,8 @@ def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> floa
             with open(src / f"{s}.jsonl", "w") as f:
                 for p in pages[s::8]:
                     f.write(json.dumps(p) + "\n")
-    stages = [{"url_filter": {}}, {"extract": {"timeout": 10.0}}, {"language": {}}, {"gopher_repetition": {}}]
+    extract = {"extract": {"timeout": 10.0, "engine": engine}}
+    stages = [{"url_filter": {}}, extract, {"language": {}}, {"gopher_repetition": {}}]
     stages += [{"gopher_quality": {}}, {"c4": {"filter_no_terminal_punct": False}}, {"fineweb": {}}]
     cfg = PipelineConfig(
         input=[str(src)], output=str(tmp / tag), stages=stages, workers=workers, progress=False
@@ -130,55 +147,82 @@ def whole_pipeline(pages: list[dict], workers: int, tmp: Path, tag: str) -> floa
 
 
 def compare(pages: list[dict], repeats: int) -> dict:
-    """Per-stage documents/s of lmforge and datatrove on the same pages, one process each."""
+    """Per-stage documents/s of lmforge (each engine) and datatrove on the same pages, one process each, and
+    ``lmforge data run`` with one worker; all in every repeat, so load changes hit every column alike."""
     n = len(pages)
-    per_stage: dict[str, dict[str, list[float]]] = {s: {"lmforge": [], "datatrove": []} for s in STAGES}
-    per_stage["all (in-process)"] = {"lmforge": [], "datatrove": []}
+    columns = [*ENGINES.values(), "datatrove"]
+    per_stage: dict[str, dict[str, list[float]]] = {s: {c: [] for c in columns} for s in [*STAGES, ALL]}
+    data_run: dict[str, list[float]] = {c: [] for c in ENGINES.values()}
     lid: list[float] = []
-    kept: dict[str, dict[str, int]] = {}
-    for r in range(repeats):
-        mine, dt = time_ours(pages, STAGES), time_theirs(pages)
-        for s in STAGES:
-            per_stage[s]["lmforge"].append(mine[s]["docs"] / mine[s]["seconds"])
-            per_stage[s]["datatrove"].append(dt[s]["docs"] / dt[s]["seconds"])
-            kept[s] = {"lmforge": mine[s]["kept"], "datatrove": dt[s]["kept"]}
-        per_stage["all (in-process)"]["lmforge"].append(n / sum(mine[s]["seconds"] for s in STAGES))
-        per_stage["all (in-process)"]["datatrove"].append(n / sum(dt[s]["seconds"] for s in STAGES))
-        lid_run = time_ours(pages, ["extract", "language"])["language"]
-        lid.append(lid_run["docs"] / lid_run["seconds"])
-        print(f"repeat {r}: in-process docs/s {per_stage['all (in-process)']}")
-    docs_per_second = {}
-    for s, d in per_stage.items():
-        speedup = round(statistics.median(d["lmforge"]) / statistics.median(d["datatrove"]), 2)
-        docs_per_second[s] = {k: summary(v) for k, v in d.items()} | {"speedup": speedup}
-    print(f"\n{'stage':<20}{'lmforge docs/s':>22}{'datatrove docs/s':>22}{'speedup':>9}")
-    for s, d in docs_per_second.items():
-        cell = lambda x: f"{x['median']:>10} [{x['min']}-{x['max']}]"  # noqa: E731
-        print(f"{s:<20}{cell(d['lmforge'])}{cell(d['datatrove'])}{d['speedup']:>8}x")
+    kept: dict[str, dict[str, int]] = {s: {} for s in STAGES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            runs = {c: time_ours(pages, STAGES, engine) for engine, c in ENGINES.items()}
+            runs["datatrove"] = time_theirs(pages)
+            for c, run in runs.items():
+                for s in STAGES:
+                    per_stage[s][c].append(run[s]["docs"] / run[s]["seconds"])
+                    kept[s][c] = run[s]["kept"]
+                per_stage[ALL][c].append(n / sum(run[s]["seconds"] for s in STAGES))
+            for engine, c in ENGINES.items():
+                data_run[c].append(n / whole_pipeline(pages, 1, Path(tmp), f"{engine}-{r}", engine))
+            lid_run = time_ours(pages, ["extract", "language"])["language"]
+            lid.append(lid_run["docs"] / lid_run["seconds"])
+            print(f"repeat {r}: in-process docs/s", {c: round(v[-1], 1) for c, v in per_stage[ALL].items()})
+    docs_per_second = {s: speedups({c: summary(v) for c, v in d.items()}) for s, d in per_stage.items()}
+    print_table(docs_per_second)
+    whole = speedups(
+        {c: summary(v) for c, v in data_run.items()} | {"datatrove": docs_per_second[ALL]["datatrove"]}
+    )
+    print(f"lmforge data run, 1 worker (+ language ID, read/write) vs datatrove in-process: {whole}")
     print(f"language id (lmforge only): {summary(lid)} docs/s")
     return {
         "docs_per_second": docs_per_second,
+        "data_run_1_worker_vs_datatrove_in_process": whole,
         "kept_after_stage": kept,
         "language_id_docs_per_second": summary(lid),
         "compare_machine": machine(),
     }
 
 
+def speedups(row: dict[str, dict[str, float]]) -> dict:
+    """Each lmforge column's median over datatrove's: ``speedup`` (trafilatura), ``speedup_resiliparse``."""
+    base = row["datatrove"]["median"]
+    return row | {
+        "speedup" + c.removeprefix("lmforge"): round(row[c]["median"] / base, 2) for c in ENGINES.values()
+    }
+
+
+def print_table(docs_per_second: dict[str, dict]) -> None:
+    cell = lambda x: f"{x['median']:>9} [{x['min']}-{x['max']}]"  # noqa: E731
+    print(
+        f"\n{'stage':<18}{'lmforge trafilatura':>28}{'lmforge resiliparse':>28}{'datatrove':>28}   speedups"
+    )
+    for s, d in docs_per_second.items():
+        cells = "".join(f"{cell(d[c]):>28}" for c in [*ENGINES.values(), "datatrove"])
+        print(f"{s:<18}{cells}   {d['speedup']}x / {d['speedup_resiliparse']}x")
+
+
 def scaling(pages: list[dict], repeats: int) -> dict:
-    """``lmforge data run`` with 1 and 2 workers, alternating, on the same 8 shards."""
-    runs: dict[int, list[float]] = {1: [], 2: []}
+    """``lmforge data run`` with 1 and 2 workers, alternating, on the same 8 shards, with each engine."""
+    runs: dict[str, dict[int, list[float]]] = {e: {1: [], 2: []} for e in ENGINES}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            for w in (1, 2):
-                runs[w].append(len(pages) / whole_pipeline(pages, w, Path(tmp), f"w{w}-{r}"))
+            for engine, by_workers in runs.items():
+                for w, v in by_workers.items():
+                    v.append(len(pages) / whole_pipeline(pages, w, Path(tmp), f"{engine}-w{w}-{r}", engine))
     out = {
-        "whole_pipeline_docs_per_second": {f"{w}_workers": summary(v) for w, v in runs.items()},
-        "scaling_2_vs_1": round(statistics.median(runs[2]) / statistics.median(runs[1]), 2),
+        "whole_pipeline_docs_per_second": {
+            e: {f"{w}_workers": summary(v) for w, v in by_workers.items()} for e, by_workers in runs.items()
+        },
+        "scaling_2_vs_1": {
+            e: round(statistics.median(v[2]) / statistics.median(v[1]), 2) for e, v in runs.items()
+        },
         "scaling_machine": machine(),
     }
-    for w, v in out["whole_pipeline_docs_per_second"].items():
-        print(f"whole pipeline (lmforge data run, FineWeb filters + LID), {w}: {v} docs/s")
-    print(f"scaling 1 -> 2 workers: {out['scaling_2_vs_1']}x")
+    for e, by_workers in out["whole_pipeline_docs_per_second"].items():
+        print(f"whole pipeline (lmforge data run, FineWeb filters + LID), {e}: {by_workers} docs/s")
+    print(f"scaling 1 -> 2 workers: {out['scaling_2_vs_1']}")
     return out
 
 
@@ -195,7 +239,9 @@ def main() -> None:
     print(f"{len(pages)} pages, {mb:.1f} MB of HTML, {os.cpu_count()} CPUs")
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {}
-    result.update({"pages": len(pages), "repeats": args.repeats})
+    result.update(
+        {"pages": len(pages), "repeats": args.repeats, "cpu": cpu_model(), "machine_at_start": machine()}
+    )
     if "compare" in args.parts:
         result.update(compare(pages, args.repeats))
     if "scaling" in args.parts:
