@@ -23,6 +23,7 @@ from lmforge.data.stages.language import Language, LanguageConfig
 from lmforge.data.stages.lines import LineCorrections, LineCorrectionsConfig
 from lmforge.data.stages.pii import Pii, PiiConfig
 from lmforge.data.stages.url import UrlFilter, UrlFilterConfig
+from lmforge.data.text import SENTENCE_TERMINALS, count_sentences, non_symbol_words, tokens, words
 
 
 def verdict(stage, text: str, url: str = "") -> str | None:
@@ -36,6 +37,72 @@ def filler(n: int, start: int = 0) -> list[str]:
         letters[(i // 400) % 20] + letters[(i // 20) % 20] + letters[i % 20] + "o"
         for i in range(start, start + n)
     ]
+
+
+# ---------------------------------------------------------------- word tokens and sentences
+# Expected values are what spaCy's blank English tokenizer and sentencizer give (datatrove's word tokenizer
+# for English), written out so that the tests need neither.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("U.S.", ["U.S."]),
+        ("449,000", ["449,000"]),
+        ("3.8", ["3.8"]),
+        ("https://www.example.com/a-b/c?d=1.", ["https://www.example.com/a-b/c?d=1", "."]),
+        ("Gov.", ["Gov."]),
+        ("Jan.", ["Jan."]),
+        ("it's", ["it", "'s"]),
+        ("Smith’s", ["Smith", "’s"]),
+        ("don't", ["do", "n't"]),
+        ("can’t", ["ca", "n’t"]),
+        ("dont", ["do", "nt"]),
+        ("its", ["its"]),
+        ("well-known", ["well", "-", "known"]),
+        ("2020-21", ["2020", "-", "21"]),
+        ("NATO.", ["NATO", "."]),
+        ("A.", ["A."]),
+        ("z.B.", ["z.", "B."]),
+        ("10am", ["10", "am"]),
+        ("5km", ["5", "km"]),
+        ("e.g.,", ["e.g.", ","]),
+        ("end...", ["end", "..."]),
+        (":)", [":)"]),
+        ("cannot", ["can", "not"]),
+        ("http://8.8.8.8/a-b", ["http://8.8.8.8/a-b"]),  # a public IPv4 host: a URL
+        ("http://192.168.1.1/a-b", ["http://192.168.1.1", "/", "a", "-", "b"]),  # a private one: not
+        ("5سم", ["5", "سم"]),  # a unit after a number
+        ("কুষ্টিয়া-১", ["কুষ্টিয়া-১"]),  # deliberate: "১" is a digit, not a letter (spaCy: 3 tokens)
+    ],
+)
+def test_tokens_follow_spacy_english_rules(text, expected):
+    assert list(tokens(text)) == expected
+
+
+def test_tokens_of_a_sentence():
+    text = 'Gov. Smith said (Reuters) the U.S. economy grew 3.8% to $449,000, "not bad."\n\n  Next\tline'
+    assert list(words(text)) == [
+        *["Gov.", "Smith", "said", "(", "Reuters", ")", "the", "U.S.", "economy", "grew", "3.8", "%"],
+        *["to", "$", "449,000", ",", '"', "not", "bad", ".", '"', "Next", "line"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "n"),
+    [
+        ("Mr. Smith met Dr. Jones on Jan. 5 in Washington.", 1),
+        ("Prices rose 3.8 percent in the U.S. last year. Analysts expected more.", 2),
+        ('"Stop." He left!', 2),  # the closing quote stays with its sentence
+        ("Wait... what?! Yes.", 2),  # "..." is no sentence end, "?" "!" are
+        ("यह पहला वाक्य है। यह दूसरा वाक्य है।", 2),
+        ("One. Two. Three.", 3),
+        ('He said "Go."  )', 2),  # two spaces are a token for spaCy, and not punctuation
+        ('He said "Go." )', 1),
+    ],
+)
+def test_sentences_as_spacy_sentencizer(line, n):
+    assert count_sentences(line) == n
 
 
 # ---------------------------------------------------------------- Gopher repetition
@@ -110,6 +177,21 @@ def test_duplicate_5_gram_threshold(pad, expected):
     assert verdict(rep(dup_n_grams={5: 0.15}), text) == expected
 
 
+def test_links_are_one_token_each():
+    # 18 short links under a paragraph: cut into "https" ":" "/" "/" "example" "." ..., they would repeat
+    # 5-grams on every line
+    links = [f"https://example.com/news/{w}" for w in filler(18)]
+    text = " ".join(filler(60)) + ".\n" + "\n".join(links)
+    assert verdict(GopherRepetition(GopherRepetitionConfig()), text) is None
+
+
+def test_ngrams_compare_words_not_glued_strings():
+    # deliberate: datatrove glues a 5-gram's words ("ab c d e f" and "a bc d e f" are both "abcdef") and
+    # would count 6 repeated characters here (6 / 26 > 0.15); lmforge compares the words
+    assert verdict(rep(dup_n_grams={5: 0.15}), "ab c d e f kkkk a bc d e f") is None
+    assert verdict(rep(dup_n_grams={5: 0.15}), "ab c d e f kkkk ab c d e f") == "dup_5_gram_frac"
+
+
 # ---------------------------------------------------------------- Gopher quality
 
 NO_QUALITY = dict(min_doc_words=0, min_stop_words=0, min_alpha_words_ratio=0.0)
@@ -182,6 +264,18 @@ def test_alpha_ratio_and_stop_words():
     assert verdict(occurrences, " ".join([*filler(20), "the"])) == "few_stop_words"
 
 
+def test_numbers_are_one_word_each():
+    # 40 words, 10 numbers: 40 / 50 tokens have a letter (0.8 keeps); split at "." and "," it would be 40 / 70
+    text = " ".join(filler(40) + ["3.8", "449,000"] * 5)
+    assert verdict(quality(min_alpha_words_ratio=0.8), text) is None
+
+
+def test_symbols_are_not_words():
+    # deliberate: "‘" is a symbol like "’" (datatrove lists only "’"), and the full-width digit "１" is a word
+    # like "1" (datatrove lists it as punctuation); "£" is a word for both
+    assert non_symbol_words(("‘", "’", "...", "#", "１", "£", "word")) == ["１", "£", "word"]
+
+
 # ---------------------------------------------------------------- line-wise corrections
 
 
@@ -248,6 +342,21 @@ def test_c4_sentence_minimum_and_line_rules():
     assert fw(doc) is None and doc.text.endswith("without end punctuation")
 
 
+def test_c4_abbreviations_end_no_sentence():
+    # four lines of one sentence each: "Mr. ", "Dr. " and "Jan. " end none, so the page has 4 < 5 sentences
+    line = "Mr. {} and Dr. {} met on Jan. 5 at noon."
+    lines = [line.format(*filler(2, 2 * i)) for i in range(4)]
+    assert verdict(C4Quality(C4Config()), "\n".join(lines)) == "too_few_sentences"
+    devanagari = ["यह पहला वाक्य है। यह दूसरा वाक्य है। यह तीसरा है।", "यह चौथा वाक्य है। यह पाँचवाँ है।"]
+    assert verdict(C4Quality(C4Config(filter_no_terminal_punct=False)), "\n".join(devanagari)) is None
+
+
+def test_c4_lines_are_unicode_lines():
+    doc = Document(text="\u2028".join(sentences(5)), id="x")  # LINE SEPARATOR ends a line (str.splitlines)
+    assert C4Quality(C4Config())(doc) is None
+    assert doc.text == "\n".join(sentences(5))
+
+
 def fw_lines(n: int, start: int = 0, end: str = ".") -> list[str]:
     """Distinct lines longer than 30 characters."""
     return [" ".join(filler(7, 7 * i)) + end for i in range(start, start + n)]
@@ -257,6 +366,22 @@ def test_fineweb_punctuation_ratio():
     fw = FineWebQuality(FineWebConfig(char_duplicates_ratio=1.0))
     assert verdict(fw, "\n".join(fw_lines(3) + fw_lines(22, 3, end=""))) is None  # 3 / 25 = 0.12
     assert verdict(fw, "\n".join(fw_lines(2) + fw_lines(23, 2, end=""))) == "line_punct_ratio"
+
+
+def test_fineweb_line_ends_are_sentence_terminals():
+    # "…" ends no sentence, and a line ending in ". " ends in a space: 2 / 25 lines end in punctuation
+    fw = FineWebQuality(FineWebConfig(char_duplicates_ratio=1.0))
+    assert verdict(fw, "\n".join(fw_lines(2) + fw_lines(23, 2, end="…"))) == "line_punct_ratio"
+    assert verdict(fw, "\n".join(fw_lines(2) + fw_lines(23, 2, end=". "))) == "line_punct_ratio"
+    assert verdict(fw, "\n".join(fw_lines(3) + fw_lines(22, 3, end="…"))) is None  # 3 / 25 = 0.12
+    assert verdict(fw, "\n".join(fw_lines(1, end="।") + fw_lines(2, 1) + fw_lines(22, 3, end=""))) is None
+
+
+def test_sentence_terminals_are_unicode_sentence_terminal():
+    # deliberate: one standard set for C4's sentences and FineWeb's line ends; datatrove keeps two hand lists
+    # (spaCy's for sentences, its own for lines) that lack e.g. "︒" and, for lines, add Khmer "៖"
+    assert {".", "!", "?", "。", "।", "॥", "؟", "︒"} <= SENTENCE_TERMINALS
+    assert not {"…", ";", ":", '"', "៖"} & SENTENCE_TERMINALS
 
 
 def test_fineweb_short_lines():

@@ -45,7 +45,8 @@ def e2e(shared_data, tmp_path_factory):
 
 def test_refinedweb_funnel_on_real_pages(e2e):
     """225 trafilatura-eval pages (180 with lang="en", 45 de/es/fr/pl; many "en" pages are really German)
-    and 53 WARC responses. Counts come from trafilatura 2.x and lid.176.ftz, each checked by hand."""
+    and 53 WARC responses. Counts come from trafilatura 2.x and lid.176.ftz, each checked by hand; both
+    Gopher stages decide as datatrove does on all 184 texts they receive (benchmarks/data_agreement.py)."""
     report, _ = e2e
     funnel = {s["name"]: (s["docs_in"], s["docs_out"], s["removed"]) for s in report["stages"]}
     assert report["shards"] == 7  # 4 groups of <= 64 HTML files + 3 WARC files
@@ -55,20 +56,17 @@ def test_refinedweb_funnel_on_real_pages(e2e):
     assert funnel["language"] == (275, 184, {"other_language": 90, "low_score": 1})
     assert funnel["gopher_repetition"] == (
         184,
-        171,
-        {"dup_5_gram_frac": 5, "dup_6_gram_frac": 1, "dup_line_frac": 4, "top_2_gram": 2, "top_4_gram": 1},
+        172,
+        {"dup_5_gram_frac": 5, "dup_line_frac": 4, "top_2_gram": 2, "top_4_gram": 1},
     )
-    assert funnel["gopher_quality"] == (171, 139, {"below_alpha_ratio": 31, "short_doc": 1})
-    assert funnel["line_corrections"][:2] == (139, 139)
-    assert funnel["minhash"] == (
-        139,
-        137,
-        {"near_duplicate": 2},
-    )  # 3 captures of https://allenai.org/
-    assert funnel["exact_substring"][:2] == (137, 137)
-    assert funnel["exact_dedup"] == (137, 137, {})  # URL dedup: the repeated URL went in the MinHash stage
-    assert report["documents_kept"] == 137
-    assert report["dedup"]["minhash"]["clusters"] == 1
+    assert funnel["gopher_quality"] == (172, 147, {"below_alpha_ratio": 24, "short_doc": 1})
+    assert funnel["line_corrections"][:2] == (147, 147)
+    # 3 captures of https://allenai.org/ and the two copies of a womencantalksports "top 10" page
+    assert funnel["minhash"] == (147, 144, {"near_duplicate": 3})
+    assert funnel["exact_substring"][:2] == (144, 144)
+    assert funnel["exact_dedup"] == (144, 144, {})  # URL dedup: the repeated URL went in the MinHash stage
+    assert report["documents_kept"] == 144
+    assert report["dedup"]["minhash"]["clusters"] == 2
     assert report["dedup"]["exact_substring"]["docs_with_cuts"] == 1
 
 

@@ -1,6 +1,8 @@
 """C4's line and page rules (Raffel et al. 2020 §2.2), with datatrove's defaults (5 sentences, 3 words).
 
 The filter rewrites the text to the lines it keeps. FineWeb runs it with ``filter_no_terminal_punct: false``.
+Sentences are counted the way datatrove counts them (spaCy's sentencizer on the line's tokens), so the
+period of "Mr." or "Jan." (one token each) ends no sentence, and "।" or "。" do.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import regex
 
 from lmforge.data.document import Document
 from lmforge.data.stages.base import Stage
+from lmforge.data.text import count_sentences
 
 _CITATION_RE = regex.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
-_SENTENCE_END_RE = regex.compile(r"[.!?]+[\"')\]]*(?:\s+|$)")
 _END_PUNCT = (".", "?", "!", '"', "'")
 POLICY_PHRASES = (
     "terms of use",
@@ -39,11 +41,6 @@ class C4Config:
     policy_phrases: list[str] = field(default_factory=lambda: list(POLICY_PHRASES))
 
 
-def count_sentences(line: str) -> int:
-    """Sentences in a line: runs of . ! ? (with closing quotes) followed by space or the end, at least 1."""
-    return max(1, len(_SENTENCE_END_RE.findall(line)))
-
-
 class C4Quality(Stage):
     name = "c4"
     config_class = C4Config
@@ -52,7 +49,7 @@ class C4Quality(Stage):
         c = self.cfg
         kept: list[str] = []
         sentences = 0
-        for raw in doc.text.split("\n"):
+        for raw in doc.text.splitlines():
             line = raw.strip()
             n_words = line.split()
             if not n_words or max(map(len, n_words)) > c.max_word_length:
@@ -72,9 +69,10 @@ class C4Quality(Stage):
                 return "curly_bracket"
             if c.filter_policy and any(p in lower for p in c.policy_phrases):
                 continue
-            sentences += count_sentences(line)
+            if sentences < c.min_num_sentences:  # only the minimum matters: stop counting there
+                sentences += count_sentences(line)
             kept.append(line)
         if sentences < c.min_num_sentences:
             return "too_few_sentences"
-        doc.text = "\n".join(kept)
+        doc.text = "\n".join(kept).strip()
         return None

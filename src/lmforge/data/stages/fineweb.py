@@ -1,7 +1,8 @@
 """FineWeb's own three filters plus datatrove's list-ratio check (spec §9), with the code's thresholds.
 
 The character-duplication threshold is 0.01, what datatrove's code uses and what produced the FineWeb
-release (the paper's prose says 0.1).
+release (the paper's prose says 0.1). A line "ends with punctuation" when its last character, trailing
+spaces included, is a sentence terminal ("." "!" "?" "。" "।" ...; not "…"), as in datatrove.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from dataclasses import dataclass
 from lmforge.data.document import Document
 from lmforge.data.stages.base import Stage
 from lmforge.data.stages.gopher import _dups
-from lmforge.data.text import words
-
-TERMINAL_PUNCTUATION = (".", "!", "?", "…", "。", "！", "？", "‼", "⁇", "⁈", "⁉", "؟", "।", "॥")
+from lmforge.data.text import SENTENCE_TERMINALS, words
 
 
 @dataclass
@@ -35,7 +34,7 @@ class FineWebQuality(Stage):
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if not lines:
             return "empty"
-        if sum(ln.rstrip().endswith(TERMINAL_PUNCTUATION) for ln in lines) / len(lines) < c.line_punct_thr:
+        if sum(ln[-1] in SENTENCE_TERMINALS for ln in lines) / len(lines) < c.line_punct_thr:
             return "line_punct_ratio"
         if sum(len(ln) <= c.short_line_length for ln in lines) / len(lines) > c.short_line_thr:
             return "short_line_ratio"

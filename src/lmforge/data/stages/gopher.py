@@ -2,23 +2,27 @@
 
 Semantics follow datatrove's ``GopherRepetitionFilter``/``GopherQualityFilter`` (the FineWeb oracle, spec
 §6-7): duplicates count from their second occurrence, the character denominator is the whole text, and
-punctuation tokens stay in the word list. n-grams are compared as word tuples (datatrove glues the words of
-a 5..10-gram together without a separator, a quirk not kept here).
+punctuation tokens stay in the word list. Words are the tokens of the shared spaCy-rules tokenizer
+(``data/text.py``); a "word" of the quality rules is a token with a character that is not a symbol.
+n-grams are compared as word tuples (datatrove glues the words of a 5..10-gram together without a
+separator, so "ab c" equals "a bc" there: a quirk not kept here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import filterfalse
 
 import numpy as np
 import regex
 
 from lmforge.data.document import Document
 from lmforge.data.stages.base import Stage
-from lmforge.data.text import is_word, words
+from lmforge.data.text import non_symbol_words, words
 
 _PARA_RE = regex.compile(r"\n{2,}")
 _LINE_RE = regex.compile(r"\n+")
+_LETTER_RE = regex.compile(r"\p{L}")
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
@@ -56,10 +60,30 @@ def ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def token_arrays(toks: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (equal strings, equal ids) and token lengths as numpy arrays."""
-    arr = np.array(toks)
-    _, ids = np.unique(arr, return_inverse=True)
-    return ids.astype(np.uint64), np.char.str_len(arr).astype(np.int64)
+    """Token ids (equal strings, equal ids) and token lengths as numpy arrays (no fixed-width string array,
+    whose size one very long token would multiply)."""
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(toks))}
+    ids = np.fromiter(map(vocab.__getitem__, toks), np.uint64, len(toks))
+    return ids, np.fromiter(map(len, toks), np.int64, len(toks))
+
+
+def repeated_chars(ids: np.ndarray, cum: np.ndarray, k: int) -> int:
+    """Characters of the k-grams that repeat an earlier one; a repeat skips past itself, so overlapping
+    repeats are not counted twice. Only k-grams that occur twice or more can repeat: only those are walked."""
+    _, kind, counts = np.unique(ngram_keys(ids, k), return_inverse=True, return_counts=True)
+    walk = np.flatnonzero(counts[kind] > 1)
+    chars = cum[walk + k] - cum[walk]
+    seen: set[int] = set()
+    free = rep = 0  # free: the first position not inside the last repeat
+    for i, key, n in zip(walk.tolist(), kind[walk].tolist(), chars.tolist()):
+        if i < free:
+            continue
+        if key in seen:
+            rep += n
+            free = i + k
+        else:
+            seen.add(key)
+    return rep
 
 
 class GopherRepetition(Stage):
@@ -68,7 +92,9 @@ class GopherRepetition(Stage):
 
     def __call__(self, doc: Document) -> str | None:
         text, c = doc.text, self.cfg
-        size = max(len(text), 1)
+        if not text:
+            return "empty"
+        size = len(text)
         paras = _PARA_RE.split(text.strip())
         n, chars = _dups(paras)
         if n / len(paras) > c.dup_para_frac:
@@ -97,18 +123,7 @@ class GopherRepetition(Stage):
         for k, thr in sorted(c.dup_n_grams.items()):
             if ids.size < k:
                 continue
-            keys = ngram_keys(ids, k).tolist()
-            chars_k = (cum[k:] - cum[:-k]).tolist()
-            seen: set[int] = set()
-            i = rep = 0
-            while i < len(keys):  # a repeat skips past itself, so overlaps are not counted twice
-                if keys[i] in seen:
-                    rep += chars_k[i]
-                    i += k
-                else:
-                    seen.add(keys[i])
-                    i += 1
-            if rep / size > thr:
+            if repeated_chars(ids, cum, k) / size > thr:
                 return f"dup_{k}_gram_frac"
         return None
 
@@ -140,7 +155,7 @@ class GopherQuality(Stage):
     def __call__(self, doc: Document) -> str | None:
         text, c = doc.text, self.cfg
         toks = words(text)
-        real = [t for t in toks if is_word(t)]
+        real = non_symbol_words(toks)
         if len(real) < c.min_doc_words:
             return "short_doc"
         if len(real) > c.max_doc_words:
@@ -159,9 +174,17 @@ class GopherQuality(Stage):
             return "too_many_bullets"
         if sum(ln.rstrip().endswith(("...", "…")) for ln in lines) / len(lines) > c.max_ellipsis_lines_ratio:
             return "too_many_end_ellipsis"
-        if sum(any(ch.isalpha() for ch in t) for t in toks) / len(toks) < c.min_alpha_words_ratio:
+        if _with_letter(toks) / len(toks) < c.min_alpha_words_ratio:
             return "below_alpha_ratio"
-        found = [t for t in toks if t in self.stop_words]
-        if len(set(found) if c.stop_words_distinct else found) < c.min_stop_words:
+        if c.stop_words_distinct:
+            n_stop = len(self.stop_words.intersection(toks))
+        else:
+            n_stop = sum(map(self.stop_words.__contains__, toks))
+        if n_stop < c.min_stop_words:
             return "few_stop_words"
         return None
+
+
+def _with_letter(toks: tuple[str, ...]) -> int:
+    """How many tokens contain a letter (the all-letter ones are counted without a regex)."""
+    return len(toks) - len(list(filterfalse(_LETTER_RE.search, filterfalse(str.isalpha, toks))))
