@@ -146,3 +146,13 @@ def test_next_sentence_prediction_option(wordpiece_shards, tmp_path):
     assert 0 < batch["is_next"].float().mean() < 1
     summary = trainer.run()
     assert 0.0 <= summary["val_nsp_acc"] <= 1.0 and trainer.model.nsp is not None
+
+
+def test_pretrain_cli_reports_whatever_val_metrics_the_objective_gives(wordpiece_shards, tmp_path, capsys):
+    """With NSP there is no val_ppl: the CLI's summary line prints the objective's own val metrics."""
+    from lmforge.cli import main
+
+    (tmp_path / "c.yaml").write_text("{}\n")
+    args = ["pretrain", "--config", str(tmp_path / "c.yaml"), *TINY, f"data.shards={wordpiece_shards}"]
+    assert main([*args, f"out_dir={tmp_path / 'r'}", "max_steps=2", "eval_every=2", "mlm.nsp=true"]) == 0
+    assert "val_nsp_acc" in capsys.readouterr().out

@@ -104,8 +104,7 @@ def finetune_config(path: str | None, overrides: list[str], values: dict[str, An
 
 def run_finetune(args: argparse.Namespace) -> int:
     from lmforge.errors import LmforgeError
-    from lmforge.train.distributed import shutdown
-    from lmforge.train.trainer import Trainer
+    from lmforge.train.cli import train
 
     values = dict(getattr(args, "config_flags", {}))
     values |= {
@@ -117,11 +116,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise LmforgeError(f"--resume {args.resume}: no run folder with a config.yaml there")
         path, values["out_dir"] = path or str(Path(args.resume) / "config.yaml"), args.resume
     cfg = finetune_config(path, overrides, values)
-    trainer = Trainer(cfg, resume=bool(args.resume))
-    try:
-        summary = trainer.run()
-    finally:
-        shutdown(trainer.env)
+    summary, trainer = train(cfg, resume=bool(args.resume))
     if trainer.env.is_main:
         print(_summary_line(summary, trainer))
     return 0

@@ -52,8 +52,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from lmforge.config import load_config
     from lmforge.errors import LmforgeError
     from lmforge.train.config import TrainConfig
-    from lmforge.train.distributed import shutdown
-    from lmforge.train.trainer import Trainer
 
     overrides = list(args.overrides)
     if args.resume:
@@ -69,19 +67,23 @@ def run_pretrain(args: argparse.Namespace) -> int:
     else:
         path = args.config
     cfg = load_config(TrainConfig, path, overrides)
-    trainer = Trainer(cfg, resume=bool(args.resume))
-    try:
-        summary = trainer.run()
-    finally:
-        shutdown(trainer.env)
+    summary, trainer = train(cfg, resume=bool(args.resume))
     if trainer.env.is_main:
-        val = (
-            f", val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f})"
-            if summary["val_loss"] is not None
-            else ""
-        )
+        val = "".join(f", {k} {v:.4g}" for k, v in summary.items() if k.startswith("val_") and v is not None)
         print(f"step {summary['step']}: loss {summary['loss']:.4f}{val}; run folder {cfg.out_dir}")
     return 0
+
+
+def train(cfg: TrainConfig, resume: bool):
+    """Run the loop on ``cfg`` (the process group is left whatever happens); (summary, trainer)."""
+    from lmforge.train.distributed import shutdown
+    from lmforge.train.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.run(), trainer
+    finally:
+        shutdown(trainer.env)
 
 
 def split_demo_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
