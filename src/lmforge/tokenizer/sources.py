@@ -18,7 +18,6 @@ and reported once at the end, naming the first few files and lines; no document 
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import zlib
@@ -28,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from lmforge.data.readers import decompressed_blocks
 from lmforge.errors import LmforgeError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 KIND_NAMES = {"text": "plain text", "jsonl": "JSON lines", "parquet": "Parquet"}
 GZIP_MAGIC, ZSTD_MAGIC, PARQUET_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1"
-CHUNK = 1 << 20
 SNIFF_BYTES = 1 << 16  # enough to tell text from binary and to hold a first JSON line
 EXAMPLES = 3  # places named per reason in the report
 NOTES = 10  # unknown-extension notes printed before the rest are only counted
@@ -98,34 +97,13 @@ def _compression(magic: bytes) -> str | None:
     return "zstd" if magic.startswith(ZSTD_MAGIC) else None
 
 
-def _zstd_chunks(f: BinaryIO) -> Iterator[bytes]:
-    """zstandard's stream reader ends quietly at a cut; its decompressobj says whether a frame is complete."""
-    import zstandard
-
-    dctx = zstandard.ZstdDecompressor()
-    frame, fed = dctx.decompressobj(), False
-    while block := f.read(CHUNK):
-        while block:
-            yield frame.decompress(block)
-            fed, block = True, b""
-            if frame.eof:  # the next frame (if any) starts in what this one left over
-                frame, fed, block = dctx.decompressobj(), False, frame.unused_data
-    if fed and not frame.eof:
-        raise EOFError("the zstd stream ends inside a frame")
-
-
 def _chunks(f: BinaryIO) -> Iterator[bytes]:
-    """A file's bytes, decompressed by its magic bytes; a broken stream raises after what was readable."""
+    """A file's bytes, decompressed by its magic bytes (the data pipeline's reader: a broken stream
+    raises after everything readable before it was yielded)."""
     f.seek(0)
     compression = _compression(f.read(4))
     f.seek(0)
-    if compression == "gzip":
-        gz = gzip.GzipFile(fileobj=f)
-        yield from iter(lambda: gz.read1(CHUNK), b"")  # read() would drop a chunk cut short
-    elif compression == "zstd":
-        yield from _zstd_chunks(f)
-    else:
-        yield from iter(lambda: f.read(CHUNK), b"")
+    return decompressed_blocks(f, compression)
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -141,7 +119,7 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _stream_damage(e: Exception) -> str:
     if isinstance(e, EOFError):
         return "truncated_file"
-    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile):
+    if isinstance(e, OSError):
         return "unreadable_file"
     return "corrupt_stream"  # bad gzip or zstd data
 
