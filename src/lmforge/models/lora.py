@@ -267,3 +267,27 @@ def unmerge_lora(model: nn.Module, state: dict[str, Tensor], dropout: float = 0.
             layer = model.get_submodule(name)
             layer.base.weight -= layer.scaling * layer.delta_weight()
     return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """What a LoRA fine-tune changed, alone: the adapters (``lora_state_dict``) and every other
+    parameter that trained (e.g. a new task head) — a few hundred KB for a small encoder."""
+    adapters = {id(p) for layer in lora_layers(model).values() for p in layer.lora.parameters()}
+    others = {
+        name: p.detach() for name, p in model.named_parameters() if p.requires_grad and id(p) not in adapters
+    }
+    return {**lora_state_dict(model), **others}
+
+
+def load_adapters(model: nn.Module, state: dict[str, Tensor], dropout: float = 0.0) -> nn.Module:
+    """Put ``adapter_state_dict`` entries onto a fresh base: the adapters through ``load_lora``, the
+    other tensors into the parameters of the same name (each must exist with its shape). In place."""
+    params = dict(model.named_parameters())
+    lora = {k: v for k, v in state.items() if k not in params}
+    plain = {k: v for k, v in state.items() if k in params}
+    load_lora(model, lora, dropout)
+    check_state_dict({k: params[k] for k in plain}, plain, "the adapters")
+    with torch.no_grad():
+        for name, t in plain.items():
+            params[name].copy_(t)
+    return model

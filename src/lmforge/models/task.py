@@ -1,8 +1,15 @@
 """Task models: a pretrained backbone (an encoder or a decoder) with a small head on its hidden states.
 
-The ``sequence`` head classifies a whole text: logits = W · dropout(pool(h)) + b, where pool(h) is the
-encoder's sentence vector (``Bert.pool``: the pooler on h_[CLS], or h_[CLS] itself) or, for a decoder,
-the hidden state of the last non-padding token, the only position that has seen the whole text. The
+Three heads, each one linear map on dropout(h):
+
+- ``sequence`` classifies a whole text: logits = W · dropout(pool(h)) + b, (B, n_labels), where pool(h)
+  is the encoder's sentence vector (``Bert.pool``: the pooler on h_[CLS], or h_[CLS] itself) or, for a
+  decoder, the hidden state of the last non-padding token, the only position that has seen the whole text;
+- ``token`` labels every token: logits_t = W · dropout(h_t) + b, (B, T, n_labels) (NER's BIO tags);
+- ``span`` scores every token as an answer's start and end: (B, T, 2), [..., 0] start, [..., 1] end
+  (extractive QA, Devlin et al. 2019, §4.2).
+
+The
 backbone runs through its own ``forward(..., head=False)``, so DDP/FSDP hooks fire; its language-model
 head is dropped (never used, and DDP would wait forever for its gradient).
 
@@ -40,8 +47,8 @@ class TaskConfig:
 
     arch: Literal["task"] = "task"  # the registry's name for this family (models/registry.py)
     backbone: BertConfig | GPTConfig = field(default_factory=BertConfig)  # the model under the head
-    head: Literal["sequence"] = "sequence"  # sequence: one label per text
-    labels: list[str] = field(default_factory=list)  # label names, in the order of the logits
+    head: Literal["sequence", "token", "span"] = "sequence"  # per text, per token, answer start/end
+    labels: list[str] = field(default_factory=list)  # label names, in the order of the logits (span: none)
     pooling: Literal["auto", "cls", "last"] = "auto"  # auto: cls for encoders, last for decoders
     dropout: float = 0.1  # on the pooled vector, before the head
 
@@ -52,10 +59,16 @@ class TaskConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.pool == "cls" and not self.encoder:
             raise ConfigError("pooling=cls needs an encoder: a decoder's first token sees only itself")
-        if self.pool == "last" and self.encoder and self.backbone.pooler:
+        if self.encoder and self.backbone.pooler and not self.uses_pooler:
             raise ConfigError(
-                "pooling=last leaves the encoder's pooler unused: set model.backbone.pooler=false"
+                f"head={self.head}, pooling={self.pooling} leaves the encoder's pooler unused: "
+                "set model.backbone.pooler=false"
             )
+
+    @property
+    def uses_pooler(self) -> bool:
+        """Whether the head reads the encoder's pooler (an unused one would stall DDP's gradients)."""
+        return self.head == "sequence" and self.pool == "cls"
 
     @property
     def encoder(self) -> bool:
@@ -69,8 +82,8 @@ class TaskConfig:
         return "cls" if self.encoder else "last"
 
 
-class SequenceHead(nn.Module):
-    """logits = W dropout(x) + b: one score per label from a pooled vector."""
+class Head(nn.Module):
+    """logits = W dropout(x) + b: one score per label from each vector x (pooled or per token)."""
 
     def __init__(self, d_model: int, n_labels: int, dropout: float, init_std: float):
         super().__init__()
@@ -96,22 +109,26 @@ class TaskModel(nn.Module):
 
     def __init__(self, config: TaskConfig):
         super().__init__()
-        if len(config.labels) < 2:
-            raise ConfigError(f"a classifier needs at least 2 labels, got {config.labels}")
+        if config.head != "span" and len(config.labels) < 2:
+            raise ConfigError(f"a {config.head} classifier needs at least 2 labels, got {config.labels}")
         self.config = c = config
         self.backbone = registry.build(c.backbone)
         if hasattr(self.backbone, "lm_head"):
             self.backbone.lm_head = None  # next-token logits are not needed; the hidden states are
         d = c.backbone.d_model
-        self.head = SequenceHead(d, len(c.labels), c.dropout, c.backbone.init_std)
+        outputs = 2 if c.head == "span" else len(c.labels)
+        self.head = Head(d, outputs, c.dropout, c.backbone.init_std)
 
     def forward(self, input_ids: Tensor, key_valid: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        """Logits (B, n_labels) for right-padded ``input_ids`` (B, T); ``key_valid`` (B, T) is False at
+        """Logits for right-padded ``input_ids`` (B, T): (B, n_labels) for the sequence head, (B, T,
+        n_labels) for the token head, (B, T, 2) for the span head; ``key_valid`` (B, T) is False at
         padding; ``token_type_ids`` (encoders only) the segment of each token."""
         if self.config.encoder:
             hidden = self.backbone(input_ids, key_valid, token_type_ids, head=False)
         else:
             hidden = self.backbone(input_ids, key_valid=key_valid, head=False)
+        if self.config.head != "sequence":
+            return self.head(hidden)
         pooled = self.backbone.pool(hidden) if self.config.pool == "cls" else last_valid(hidden, key_valid)
         return self.head(pooled)
 
@@ -124,14 +141,14 @@ class TaskModel(nn.Module):
         return 6 * matmuls + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
 
 
-def backbone_config(model_dir: str | Path, pooling: str = "auto") -> BackboneConfig:
+def backbone_config(model_dir: str | Path, pooler: bool = True) -> BackboneConfig:
     """A pretrained model folder's config as a task model's backbone: an encoder loses its masked-LM
-    head (and its pooler where ``last`` pooling skips it); a decoder's LM head goes in ``TaskModel``."""
+    head (and its pooler unless ``pooler``: the head reads it); a decoder's LM head goes in ``TaskModel``."""
     config = read_model_config(model_dir)
     if config.arch not in ("bert", "gpt"):
         raise LmforgeError(f"{model_dir}: a {config.arch!r} model; a task needs a bert or gpt backbone")
     if config.arch in ENCODERS:
-        config = dataclasses.replace(config, mlm_head=False, pooler=config.pooler and pooling != "last")
+        config = dataclasses.replace(config, mlm_head=False, pooler=config.pooler and pooler)
     return config
 
 

@@ -1,4 +1,5 @@
-"""``lmforge finetune classify`` (a training run of objective ``classify``) and ``lmforge predict``."""
+"""``lmforge finetune classify|ner|qa`` (a training run of the objective of that name) and ``lmforge
+predict``."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ from lmforge.config import (
 )
 from lmforge.train.config import TrainConfig
 
+# Each task: its objective's name and what its data files hold.
+TASKS = {
+    "classify": "text classification: one label per text (TSV/CSV/JSONL)",
+    "ner": "token classification: BIO tags per word (CoNLL columns), e.g. named entities",
+    "qa": "extractive question answering: an answer span of a context (SQuAD JSON)",
+}
 # Fine-tuning's usual settings, for the keys that the --config file, key=value and flags leave unset.
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "objective": "classify",
     "model.arch": "task",
     "optim.lr": 5e-5,
     "optim.weight_decay": 0.01,
@@ -60,17 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         initial_indent="  ",
         subsequent_indent="  ",
     )
-    p = tasks.add_parser(
-        "classify",
-        help="text classification: one label per text (TSV/CSV/JSONL)",
-        description="Fine-tune a classifier through the training loop (objective=classify; see\n"
-        f"docs/finetuning.md). Defaults for the keys left unset:\n{defaults}",
-    )
-    for flag, key in FLAGS.items():
-        p.add_argument(f"--{flag}", dest=f"set_{flag}", metavar=flag.upper(), help=f"sets {key}")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    add_config_arguments(p, TrainConfig)
-    p.set_defaults(func=run_finetune)
+    for task, summary in TASKS.items():
+        p = tasks.add_parser(
+            task,
+            help=summary,
+            description=f"Fine-tune for {summary.split(':')[0]} through the training loop (objective="
+            f"{task}; see docs/finetuning.md). Defaults for the keys left unset:\n{defaults}",
+        )
+        for flag, key in FLAGS.items():
+            p.add_argument(f"--{flag}", dest=f"set_{flag}", metavar=flag.upper(), help=f"sets {key}")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        add_config_arguments(p, TrainConfig)
+        p.set_defaults(func=run_finetune, task=task)
 
     q = sub.add_parser("predict", help="label texts with a fine-tuned classifier")
     q.add_argument("model", help="a fine-tuned model folder, or the run folder that exported it")
@@ -86,9 +93,11 @@ def _keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def finetune_config(path: str | None, overrides: list[str], values: dict[str, Any]) -> TrainConfig:
-    """The run's TrainConfig: the file, then key=value, then flags; FINETUNE_DEFAULTS fill what none of
-    them set."""
+def finetune_config(
+    path: str | None, overrides: list[str], values: dict[str, Any], task: str = "classify"
+) -> TrainConfig:
+    """The run's TrainConfig for ``task``: the file, then key=value, then flags; FINETUNE_DEFAULTS (and
+    objective=task) fill what none of them set."""
     given = [
         *(_keys(read_yaml(path)) if path else []),
         *(o.split("=", 1)[0].strip() for o in overrides),
@@ -96,7 +105,7 @@ def finetune_config(path: str | None, overrides: list[str], values: dict[str, An
     ]
     unset = [
         f"{key}={value}"
-        for key, value in FINETUNE_DEFAULTS.items()
+        for key, value in {"objective": task, **FINETUNE_DEFAULTS}.items()
         if not any(key == g or key.startswith(f"{g}.") or g.startswith(f"{key}.") for g in given)
     ]
     return load_config(TrainConfig, path, [*unset, *overrides], values)
@@ -115,7 +124,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         if not (Path(args.resume) / "config.yaml").is_file() and path is None:
             raise LmforgeError(f"--resume {args.resume}: no run folder with a config.yaml there")
         path, values["out_dir"] = path or str(Path(args.resume) / "config.yaml"), args.resume
-    cfg = finetune_config(path, overrides, values)
+    cfg = finetune_config(path, overrides, values, args.task)
     summary, trainer = train(cfg, resume=bool(args.resume))
     if trainer.env.is_main:
         print(_summary_line(summary, trainer))
@@ -123,10 +132,15 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def _summary_line(summary: dict[str, Any], trainer) -> str:
-    p, monitor = trainer.progress, trainer.cfg.task.monitor
+    p, monitor = trainer.progress, trainer.objective.monitor[0]
     line = f"step {summary['step']}: loss {summary['loss']:.4f}"
-    if summary.get("val_acc") is not None:
-        line += f", dev accuracy {summary['val_acc']:.4f}, macro-F1 {summary['val_macro_f1']:.4f}"
+    dev = [
+        f"{k.removeprefix('val_')} {v:.4f}"
+        for k, v in summary.items()
+        if k.startswith("val_") and v is not None
+    ]
+    if dev:
+        line += ", dev " + ", ".join(dev)
     if trainer.objective.keep_best and p.best_step is not None:
         line += f"; best {monitor} {p.best_val:.4f} at step {p.best_step}"
     return f"{line}; model {summary['model_dir']}" if summary["model_dir"] else line

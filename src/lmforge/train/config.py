@@ -37,6 +37,12 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     warmup_steps: int = 100
     decay_steps: int | None = None  # length of warmup + cosine; default max_steps
+    layer_lr_decay: float = 1.0  # block i of L trains at lr·decay^(L−i), the embeddings at lr·decay^(L+1)
+    freeze_layers: int = 0  # freeze the embeddings and the lowest N blocks; -1: all of the backbone
+
+    def __post_init__(self) -> None:
+        if not 0 < self.layer_lr_decay <= 1 or self.freeze_layers < -1:
+            raise ConfigError("optim: need 0 < layer_lr_decay <= 1 and freeze_layers >= -1")
 
 
 @dataclass
@@ -55,23 +61,43 @@ class MaskingConfig:
 
 @dataclass
 class FinetuneConfig:
-    """What a task objective (objective=classify) fine-tunes on, and which of its models it keeps."""
+    """What a task objective (classify, ner, qa) fine-tunes on, and which of its models it keeps."""
 
     model: str = ""  # pretrained lmforge model folder (bert or gpt) to start from; "": model.backbone, random
     tokenizer: str = ""  # folder holding the tokenizer when training from scratch (default: task.model's)
-    train: str = ""  # labelled examples: .tsv, .csv (header row) or .jsonl, plain or .gz
+    train: str = ""  # labelled examples: classify .tsv/.csv/.jsonl, ner CoNLL columns, qa SQuAD JSON
     dev: str = ""  # labelled examples scored in full at every evaluation ("": no validation)
-    text_field: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))  # the first a file has
-    label_field: str = "label"
+    text_field: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))  # classify: the first a file has
+    label_field: str = "label"  # classify
     labels: list[str] = field(default_factory=list)  # the label set in logit order; []: the train file's
-    max_len: int = 128  # tokens per example, special tokens included; longer texts are cut
+    max_len: int = 128  # tokens per example (qa: per window), special tokens included; longer texts are cut
+    stride: int = 128  # qa: context tokens shared by consecutive windows of a long context
+    max_answer_tokens: int = 30  # qa: longest answer span considered
     class_weights: bool = False  # weight each example's loss by n / (k · n_label): every label counts alike
-    monitor: Literal["val_acc", "val_macro_f1", "val_loss"] = "val_acc"  # for keep_best, early stopping
+    monitor: str = ""  # for keep_best and early stopping; "": the objective's first (val_acc, val_f1)
     keep_best: bool = True  # export the model of the best dev evaluation (by monitor), not the last one
 
     def __post_init__(self) -> None:
         if self.max_len < 3:
             raise ConfigError(f"task.max_len must be at least 3, got {self.max_len}")
+        if self.stride < 0 or self.max_answer_tokens < 1:
+            raise ConfigError("task.stride must be >= 0 and task.max_answer_tokens positive")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA (models/lora.py): train W + (alpha/rank)·B A on the targeted linear layers, all else frozen
+    except ``trainable`` (the task head always trains); rank 0 = off (full fine-tuning)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapters' input path
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])  # e.g. attn.qkv:q,v
+    trainable: list[str] = field(default_factory=list)  # more parameters that train, e.g. pooler
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
+            raise ConfigError("lora: need rank >= 0, alpha > 0, 0 <= dropout < 1 and some targets")
 
 
 @dataclass
@@ -84,7 +110,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective=mlm only
-    task: FinetuneConfig = field(default_factory=FinetuneConfig)  # objective=classify only
+    task: FinetuneConfig = field(default_factory=FinetuneConfig)  # objective=classify, ner, qa
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank > 0: train low-rank adapters only
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
     max_steps: int = 1000

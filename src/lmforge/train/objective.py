@@ -38,6 +38,9 @@ class Objective:
     # True: the loop exports the model at each new best evaluation, so the exported model is the best
     # one by ``monitor`` rather than the last (fine-tuning on a small dev set).
     keep_best: bool = False
+    # Modules the objective makes new rather than loading pretrained (a task head): they train even
+    # when LoRA (``lora.rank``) or ``optim.freeze_layers`` freeze the rest.
+    fresh: tuple[str, ...] = ()
 
     def setup(self, cfg: TrainConfig, env: DistEnv) -> TrainConfig:
         """Open the data for this rank and return the config with what the data decides filled in
@@ -90,6 +93,8 @@ _OBJECTIVES = {
     "causal_lm": "lmforge.train.causal_lm:CausalLM",
     "mlm": "lmforge.train.masked_lm:MaskedLM",
     "classify": "lmforge.tasks.classify:Classify",
+    "ner": "lmforge.tasks.ner:TagTokens",
+    "qa": "lmforge.tasks.qa:ExtractSpans",
 }
 
 

@@ -1,9 +1,11 @@
-"""AdamW with decoupled weight decay on matrices only, and the warmup + cosine learning-rate schedule."""
+"""AdamW with decoupled weight decay on matrices only, layer-wise lr decay, and the warmup + cosine
+learning-rate schedule."""
 
 from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -15,8 +17,35 @@ from lmforge.train.config import TrainConfig
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weight matrices (decayed) and norms, biases, embeddings (not decayed).
+def n_blocks(model: nn.Module) -> int:
+    """How many Transformer blocks the model stacks (parameters named ``...blocks.<i>.``)."""
+    found = [re.search(r"(?:^|\.)blocks\.(\d+)\.", name) for name, _ in model.named_parameters()]
+    return 1 + max((int(m[1]) for m in found if m), default=-1)
+
+
+def layer_depth(name: str, n_layer: int) -> int:
+    """A parameter's depth: 0 for the embeddings (and their norm), i + 1 in block i, n_layer + 1 for
+    what sits above the blocks (final norm, pooler, heads)."""
+    if found := re.search(r"(?:^|\.)blocks\.(\d+)\.", name):
+        return int(found[1]) + 1
+    return 0 if re.search(r"(?:^|\.)\w*emb\w*\.", name) else n_layer + 1
+
+
+def freeze_layers(model: nn.Module, count: int) -> None:
+    """Freeze the embeddings and the lowest ``count`` blocks (-1: every block, i.e. all but what sits
+    above them: a linear probe of the head)."""
+    if count == 0:
+        return
+    top = n_blocks(model)
+    for name, p in model.named_parameters():
+        if layer_depth(name, top) <= (top if count < 0 else count):
+            p.requires_grad_(False)
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """Groups by (decayed?, lr scale): weight matrices decay, norms, biases and embeddings do not; with
+    layer-wise lr decay (Clark et al. 2020; Sun et al. 2019) a parameter at depth d of L blocks trains at
+    lr · decay^(L + 1 − d), so the layers nearest the head move most. Frozen parameters are left out.
 
     A tied output head is the embedding tensor itself, so it is counted once, in the no-decay group.
     """
@@ -24,15 +53,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for module in model.modules():
         if isinstance(module, NO_DECAY_MODULES) or "norm" in type(module).__name__.lower():
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
+    top = n_blocks(model) if layer_lr_decay != 1.0 else 0
+    groups: dict[tuple[bool, float], list] = {}
+    seen = set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if id(p) in no_decay_ids or p.dim() < 2 else decay).append(p)
+        decayed = id(p) not in no_decay_ids and p.dim() >= 2
+        scale = layer_lr_decay ** (top + 1 - layer_depth(name, top)) if top else 1.0
+        groups.setdefault((decayed, scale), []).append(p)
+    groups.setdefault((True, 1.0), [])  # the two plain groups exist even when empty (resume compatibility)
+    groups.setdefault((False, 1.0), [])
+    order = sorted(groups, key=lambda k: (-k[1], not k[0]))
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order
     ]
 
 
@@ -42,9 +77,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     kwargs = {}
     if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         kwargs["fused"] = True
-    return torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, **kwargs
-    )
+    groups = param_groups(model, o.weight_decay, o.layer_lr_decay)
+    for group in groups:
+        group["lr"] = o.lr * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, **kwargs)
 
 
 def lr_factor(step: int, cfg: TrainConfig, horizon: int | None = None) -> float:
@@ -69,8 +105,8 @@ def build_scheduler(
 
 def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig, step: int) -> None:
     """Make ``cfg.optim.lr`` the schedule's peak from ``step`` on (a resumed run may change it)."""
-    peak = cfg.optim.lr
-    scheduler.base_lrs = [peak] * len(optimizer.param_groups)
     factor = scheduler.lr_lambdas[0](step)
     for group in optimizer.param_groups:
+        peak = cfg.optim.lr * group.get("lr_scale", 1.0)
         group["initial_lr"], group["lr"] = peak, peak * factor
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]

@@ -23,6 +23,7 @@ from lmforge.config import save_config
 from lmforge.device import pick_dtype
 from lmforge.errors import LmforgeError
 from lmforge.train import distributed as D
+from lmforge.train.adapt import adapt, merge_for_export
 from lmforge.train.checkpointer import Checkpointer
 from lmforge.train.config import TrainConfig
 from lmforge.train.metrics import MetricsLog, Throughput, peak_flops, read_records
@@ -62,7 +63,7 @@ class Trainer:
         self.on_step = on_step
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = self.objective.build_model().to(env.device)
+        self.model = self._build_model().to(env.device)
         self.wrapped = D.wrap_model(self.model, env, cfg.parallel)
         self.optimizer = build_optimizer(self.model, cfg, env.device)
         self.progress = Progress()
@@ -82,6 +83,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.metrics = MetricsLog(self.run_dir, self.progress.step if resume else None)
+
+    def _build_model(self) -> torch.nn.Module:
+        """The objective's model with the run's trainable parameters chosen (LoRA, frozen layers)."""
+        return adapt(self.objective.build_model(), self.cfg, self.objective.fresh)
 
     @property
     def step(self) -> int:
@@ -169,8 +174,9 @@ class Trainer:
 
     def export(self, model_state: dict[str, torch.Tensor]) -> Path | None:
         """The trained model as the objective saves it (e.g. an lmforge model folder in out_dir/model)."""
-        model = self.objective.build_model()
+        model = self._build_model()
         model.load_state_dict(model_state)
+        model = merge_for_export(model, self.cfg, self.run_dir)
         p = self.progress
         extra = {"training": {"run": str(self.run_dir), "step": p.step, "tokens": p.tokens_seen}}
         return self.objective.export(model, self.run_dir / "model", extra)
