@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -279,7 +280,7 @@ def test_finetune_command_sets_the_task_keys_and_fine_tuning_defaults(data, tmp_
         str(out),
     )
     assert (saved.optim.lr, saved.batch_size, saved.optim.weight_decay) == (5e-5, 8, 0.01)
-    assert "dev acc " in capsys.readouterr().out
+    assert re.search(r"dev loss [\d.]+, acc [\d.]+, macro_f1", capsys.readouterr().out)
 
 
 def test_eval_classify_reports_what_the_model_computes_text_by_text(data, bert_run, tmp_path, capsys):
