@@ -25,6 +25,7 @@ from lmforge.evaluate.metrics import accuracy, class_counts, confusion_matrix, m
 from lmforge.models.bert import Bert, BertConfig
 from lmforge.models.gpt import GPTConfig
 from lmforge.models.io import load_model, read_safetensors, save_model
+from lmforge.models.lora import load_adapters
 from lmforge.models.losses import cross_entropy
 from lmforge.models.task import TaskConfig, TaskModel, encode, pad
 from lmforge.tokenizer.core import Tokenizer
@@ -262,6 +263,67 @@ def test_class_weights_make_every_label_weigh_alike(data, tmp_path):
     w = objective.weights[batch["label"]]
     expected = (w * cross_entropy(logits, batch["label"], reduction="none")).mean()
     assert objective.loss(model, batch).item() == pytest.approx(expected.item())
+
+
+# --- LoRA, frozen layers, layer-wise lr decay ----------------------------------------------------------
+
+
+def test_lora_trains_adapters_and_head_only_saves_them_alone_and_exports_a_merged_model(data):
+    out = data / "run-lora"
+    cfg = config(
+        data, out, *backbone_args(data, BERT), "max_steps=60", "lora.rank=4", "lora.alpha=8", "optim.lr=1e-2"
+    )
+    trainer = Trainer(cfg)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora." in n or n.startswith("head.") for n in trainable)
+    summary = trainer.run()
+    assert summary["val_acc"] >= 0.9
+    # the frozen base is the pretrained folder's, untouched
+    pretrained = read_safetensors(data / "bert" / "model.safetensors")
+    trained = load_checkpoint(latest_checkpoint(out))["model"]
+    base = {k.replace(".base.", ".").removeprefix("backbone."): v for k, v in trained.items()}
+    assert all(torch.equal(base[k], v) for k, v in pretrained.items() if k in base)
+    # the adapters alone: LoRA pairs and the head, loadable onto a fresh base
+    adapters = read_safetensors(out / "adapters.safetensors")
+    assert {k.split(".lora.")[0] if ".lora." in k else k for k in adapters} >= {"head.proj.weight"}
+    assert all(".lora." in k or k.endswith(".scaling") or k.startswith("head.") for k in adapters)
+    exported, _ = load_model(summary["model_dir"])
+    assert not any(".lora." in k or ".base." in k for k in exported.state_dict())  # an ordinary model
+    fresh = Trainer(config(data, data / "unused-lora", *backbone_args(data, BERT), "max_steps=1"))
+    rebuilt = load_adapters(fresh.model, adapters).eval()
+    batch = next(iter(trainer.objective.val_batches()))
+    with torch.no_grad():
+        merged = exported.eval()(batch["input_ids"], batch["key_valid"])
+        assert torch.allclose(rebuilt(batch["input_ids"], batch["key_valid"]), merged, atol=1e-5)
+    assert merged.argmax(-1).eq(batch["label"]).float().mean() >= 0.9
+
+
+def test_frozen_layers_stay_as_loaded_and_layer_lr_decay_scales_each_depth(data, tmp_path):
+    two = BertConfig(vocab_size=word_tokenizer().vocab_size, max_seq_len=32, n_layer=2, n_head=2, d_model=32)
+    torch.manual_seed(0)
+    save_model(Bert(two), word_tokenizer(), tmp_path / "bert2")
+    args = [f"task.model={tmp_path / 'bert2'}", "max_steps=3", "optim.freeze_layers=1"]
+    trainer = Trainer(config(data, tmp_path / "run", *args, "optim.layer_lr_decay=0.5"))
+    frozen = {n for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n for n, _ in trainer.model.named_parameters() if "_emb" in n or "emb_norm" in n or ".blocks.0." in n
+    }
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    scales = {
+        n: g["lr_scale"]
+        for g in trainer.optimizer.param_groups
+        for p in g["params"]
+        for n, q in trainer.model.named_parameters()
+        if p is q
+    }
+    assert scales["head.proj.weight"] == 1.0 and "backbone.emb_norm.weight" in frozen
+    assert scales["backbone.blocks.1.attn.qkv.weight"] == 0.5  # L = 2 blocks: block 1 at lr·0.5^1
+    assert not any(n in scales for n in frozen)
+    trainer.run()
+    for n, p in trainer.model.named_parameters():
+        assert torch.equal(p, before[n]) == (n in frozen), n
+    lrs = {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups if g["params"]}
+    assert lrs[0.5] == pytest.approx(0.5 * lrs[1.0])
 
 
 # --- the commands ---------------------------------------------------------------------------------------

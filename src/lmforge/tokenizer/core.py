@@ -94,6 +94,17 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, offsets) per text: token i covers characters ``text[start:end]`` of its text (QA maps
+        answer spans between characters and tokens with them)."""
+        return [(e.ids, e.offsets) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_words(self, sentences: list[list[str]]) -> list[tuple[list[int], list[int]]]:
+        """(ids, word index of each id) per pre-split sentence, each word tokenized as a word of a
+        sentence is (NER aligns word tags with the sub-word tokens through the word indices)."""
+        encodings = self.backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
+        return [(e.ids, e.word_ids) for e in encodings]
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
