@@ -64,7 +64,7 @@ class Example:
 # --- reading labelled files -----------------------------------------------------------------------------
 
 
-def _open(path: Path) -> TextIO:
+def open_text(path: Path) -> TextIO:
     """A text file, gzip-decompressed when its name ends in .gz (a BOM is dropped)."""
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
@@ -82,7 +82,7 @@ def _kind(path: Path) -> str:
 def _table_records(path: Path, kind: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(line, {column: value}) for each row after the header; TSV is read without quoting (SST-2's
     texts hold bare quotes), CSV as RFC 4180."""
-    with _open(path) as f:
+    with open_text(path) as f:
         quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(f, delimiter="\t" if kind == "tsv" else ",", quoting=quoting)
         header = next(reader, None)
@@ -98,8 +98,8 @@ def _table_records(path: Path, kind: str) -> Iterator[tuple[int, dict[str, str]]
             yield reader.line_num, dict(zip(header, row))
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open(path) as f:
+def json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open_text(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -136,7 +136,7 @@ def read_examples(
     if not p.is_file():
         raise LmforgeError(f"{p}: no such file")
     kind = _kind(p)
-    records = _json_records(p) if kind == "jsonl" else _table_records(p, kind)
+    records = json_records(p) if kind == "jsonl" else _table_records(p, kind)
     examples = [_example(r, f"{p}:{line}", list(text_fields), label_field) for line, r in records]
     if not examples:
         raise LmforgeError(f"{p}: no examples")

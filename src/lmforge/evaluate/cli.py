@@ -1,4 +1,5 @@
-"""``lmforge eval <task>``: evaluation commands (perplexity on token shards, text classification)."""
+"""``lmforge eval <task>``: evaluation commands (perplexity on token shards, text classification, named
+entities, extractive QA)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.evaluate.classify import ClassifyEvalConfig
 from lmforge.evaluate.config import PerplexityConfig
+from lmforge.evaluate.ner import NerEvalConfig
+from lmforge.evaluate.qa import QAEvalConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +30,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(c, ClassifyEvalConfig, ["data", "out", "batch_size", "max_len", "device"])
     c.set_defaults(func=run_classify)
 
+    q = tasks.add_parser("qa", help="extractive QA: SQuAD v1.1 exact match and F1, and the predictions")
+    q.add_argument("model", help="a fine-tuned span model folder, or the run folder that exported it")
+    flags = ["data", "out", "batch_size", "max_len", "stride", "max_answer_tokens", "device"]
+    add_config_arguments(q, QAEvalConfig, flags)
+    q.set_defaults(func=run_qa)
+
+    n = tasks.add_parser("ner", help="entity-level precision/recall/F1 per type, token accuracy (CoNLL)")
+    n.add_argument("model", help="a fine-tuned tagger's model folder, or the run folder that exported it")
+    add_config_arguments(n, NerEvalConfig, ["data", "out", "batch_size", "max_len", "device"])
+    n.set_defaults(func=run_ner)
+
+
+def report_name(task: str, data: str) -> str:
+    """``eval-<task>-<data file name without .gz and its extension>``: emerging.dev.conll and
+    emerging.test.annotated keep distinct names."""
+    from pathlib import Path
+
+    return f"eval-{task}-" + Path(data).name.removesuffix(".gz").rsplit(".", 1)[0]
+
 
 def run_perplexity(args: argparse.Namespace) -> int:
     import json
@@ -45,7 +67,6 @@ def run_perplexity(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     """Score the model on a labelled file; print the report and write it (JSON + PNG) beside the model
     folder, i.e. in its run folder, or in --out."""
-    from pathlib import Path
 
     from lmforge.evaluate.classify import (
         check_labels,
@@ -64,8 +85,49 @@ def run_classify(args: argparse.Namespace) -> int:
     report = evaluate_examples(model, tokenizer, examples, cfg.max_len or max_len, cfg.batch_size)
     folder = model_folder(args.model)
     report = {"model": str(folder), "data": cfg.data, **report}
-    name = "eval-classify-" + Path(cfg.data).name.split(".")[0]
+    name = report_name("classify", cfg.data)
     json_path, png = write_report(report, cfg.out or folder.resolve().parent, name)
     print(format_report(report))
     print(f"wrote {json_path} and {png}")
+    return 0
+
+
+def run_ner(args: argparse.Namespace) -> int:
+    """Tag a CoNLL file's words; print the report and write it (JSON) beside the model folder, i.e. in
+    its run folder, or in --out."""
+
+    from lmforge.evaluate.classify import model_folder
+    from lmforge.evaluate.ner import evaluate_sentences, format_report, load_tagger, read_conll, write_report
+
+    cfg = config_from_args(NerEvalConfig, args)
+    model, tokenizer, max_len = load_tagger(args.model, cfg.device)
+    sentences = read_conll(cfg.data)
+    report = evaluate_sentences(model, tokenizer, sentences, cfg.max_len or max_len, cfg.batch_size)
+    folder = model_folder(args.model)
+    report = {"model": str(folder), "data": cfg.data, **report}
+    name = report_name("ner", cfg.data)
+    json_path = write_report(report, cfg.out or folder.resolve().parent, name)
+    print(format_report(report))
+    print(f"wrote {json_path}")
+    return 0
+
+
+def run_qa(args: argparse.Namespace) -> int:
+    """Answer every question of a SQuAD file; print EM/F1 and write the report and the {id: answer}
+    predictions beside the model folder, i.e. in its run folder, or in --out."""
+
+    from lmforge.evaluate.classify import model_folder
+    from lmforge.evaluate.qa import load_reader, predict_answers, qa_report, read_squad, write_qa_report
+
+    cfg = config_from_args(QAEvalConfig, args)
+    model, tokenizer, recorded = load_reader(args.model, cfg.device)
+    settings = cfg.settings(recorded)
+    questions = read_squad(cfg.data)
+    predictions = predict_answers(model, tokenizer, questions, batch_size=cfg.batch_size, **settings)
+    folder = model_folder(args.model)
+    report = {"model": str(folder), "data": cfg.data, **settings, **qa_report(questions, predictions)}
+    name = report_name("qa", cfg.data)
+    paths = write_qa_report(report, questions, predictions, cfg.out or folder.resolve().parent, name)
+    print(f"exact match {report['exact_match']:.2f}  F1 {report['f1']:.2f}  ({len(questions)} questions)")
+    print(f"wrote {paths[0]} and {paths[1]}")
     return 0

@@ -37,6 +37,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "eval_every": 200,
     "ckpt_every": 1000,
 }
+# Per task, what differs from those: QA windows hold a question and a context (BERT's SQuAD setting).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"qa": {"task.max_len": 384, "task.stride": 128}}
 FLAGS = {"model": "task.model", "train": "task.train", "dev": "task.dev", "out": "out_dir"}
 
 
@@ -105,7 +107,7 @@ def finetune_config(
     ]
     unset = [
         f"{key}={value}"
-        for key, value in {"objective": task, **FINETUNE_DEFAULTS}.items()
+        for key, value in {"objective": task, **FINETUNE_DEFAULTS, **TASK_DEFAULTS.get(task, {})}.items()
         if not any(key == g or key.startswith(f"{g}.") or g.startswith(f"{key}.") for g in given)
     ]
     return load_config(TrainConfig, path, [*unset, *overrides], values)

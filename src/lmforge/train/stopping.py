@@ -63,7 +63,10 @@ class StopPolicy:
         if self.cfg.max_minutes is None:
             return None
         late = self.elapsed0 + time.monotonic() - self.started > 60 * self.cfg.max_minutes
-        return "max_minutes" if broadcast_flag(late, self.env) else None
+        if not broadcast_flag(late, self.env):
+            return None
+        self.tick()  # the run's wall time is the time it stopped at, past the budget
+        return "max_minutes"
 
     def after_eval(self, val_loss: float | None) -> str | None:
         """``early_stop`` after ``early_stop_patience`` evaluations without a better val loss;
