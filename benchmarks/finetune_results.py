@@ -31,6 +31,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -140,6 +141,7 @@ def lmforge(*args: str) -> str:
 def train(task: str, backbone: str, work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     spec, data = TASKS[task], files(task, work)
     out = work / "runs" / f"{task}-{backbone}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: this folder is the benchmark's own
     start = {"mlm": ["--model", str(work / "mlm" / "model")], "random": [f"task.tokenizer={minilm}"]}
     args = [spec["objective"], *start.get(backbone, ["--model", str(minilm)])]
     args += ["--train", str(data["train"]), "--dev", str(data["dev"]), "--out", str(out)]
@@ -234,10 +236,14 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
     for run in args.runs:
         task, backbone = run.split(":")
-        if backbone == "trivial":
-            r = trivial(task, args.work)
-        else:
-            r = train(task, backbone, args.work, minilm, args.minutes or TASKS[task]["minutes"])
+        try:
+            if backbone == "trivial":
+                r = trivial(task, args.work)
+            else:
+                r = train(task, backbone, args.work, minilm, args.minutes or TASKS[task]["minutes"])
+        except subprocess.CalledProcessError as e:  # one failed run is recorded; the others still run
+            print(f"{run} failed: {e}", flush=True)
+            continue
         results["runs"][run] = {**r, "machine": machine("cpu")}
         write_json(RESULTS, results)
     update_table(render(results))

@@ -326,6 +326,22 @@ def test_a_tiny_bert_learns_to_answer_and_eval_qa_agrees(data, run, tmp_path, ca
     assert f"F1 {report['f1']:.2f}" in capsys.readouterr().out
 
 
+def test_span_loss_is_the_mean_of_start_and_end_cross_entropies(data, tmp_path):
+    """loss = ½(−log softmax(s)[start] − log softmax(e)[end]) per window, padding outside the softmax."""
+    trainer = Trainer(config(data, tmp_path / "run", "max_steps=1"))
+    objective, model = trainer.objective, trainer.model.eval()
+    batch = objective.train_batch(0)
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["key_valid"], batch["token_type_ids"])
+        expected = []
+        for b in range(len(batch["start"])):
+            n = int(batch["key_valid"][b].sum())  # right-padded: the first n positions are real
+            s, e = logits[b, :n, 0].log_softmax(-1), logits[b, :n, 1].log_softmax(-1)
+            expected.append(-(s[batch["start"][b]] + e[batch["end"][b]]) / 2)
+        loss = objective.loss(model, batch).item()
+    assert loss == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
 def test_eval_qa_reports_what_validation_measured_midway(data, tmp_path, capsys):
     """After 10 steps answers are partly right (EM < F1 < 1): the loop's last dev evaluation, which
     carries a question's best span across micro-batches, and ``eval qa``, which batches windows by
