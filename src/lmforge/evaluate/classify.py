@@ -37,21 +37,28 @@ from lmforge.tokenizer.core import Tokenizer
 
 
 @dataclass
-class ClassifyEvalConfig:
-    """Settings of ``lmforge eval classify``."""
+class TaskEvalConfig:
+    """Settings every ``lmforge eval <task>`` of a fine-tuned model shares."""
 
-    data: str = ""  # required: labelled examples (.tsv, .csv with a header row, or .jsonl; plain or .gz)
-    text_field: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))  # the first a file has
-    label_field: str = "label"
-    out: str = ""  # folder for the report (JSON + confusion-matrix PNG); "": beside the model folder
+    data: str = ""  # required: the labelled file to score
+    out: str = ""  # folder for the report; "": beside the model folder (its run folder)
     batch_size: int = 32
-    max_len: int | None = None  # tokens per text; None: the length the model was fine-tuned with
+    max_len: int | None = None  # tokens per example; None: the length the model was fine-tuned with
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
     def __post_init__(self) -> None:
         require(self, "data")
         if self.batch_size < 1 or (self.max_len is not None and self.max_len < 3):
             raise ConfigError("batch_size must be positive and max_len at least 3")
+
+
+@dataclass
+class ClassifyEvalConfig(TaskEvalConfig):
+    """Settings of ``lmforge eval classify``: data is .tsv, .csv (header row) or .jsonl, plain or .gz;
+    the report is JSON + a confusion-matrix PNG."""
+
+    text_field: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))  # the first a file has
+    label_field: str = "label"
 
 
 @dataclass(frozen=True)

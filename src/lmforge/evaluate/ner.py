@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from lmforge.atomic import atomic_file
-from lmforge.config import ConfigError, require
+from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
-from lmforge.evaluate.classify import load_classifier, open_text
+from lmforge.evaluate.classify import TaskEvalConfig, load_classifier, open_text
 from lmforge.evaluate.metrics import accuracy, entity_counts, micro, prf
 from lmforge.models.task import TaskConfig, TaskModel, encode, pad
 from lmforge.tokenizer.core import Tokenizer
@@ -34,19 +34,8 @@ DOCSTART = "-DOCSTART-"  # CoNLL-2003's document separator line
 
 
 @dataclass
-class NerEvalConfig:
-    """Settings of ``lmforge eval ner``."""
-
-    data: str = ""  # required: a CoNLL file (word first, BIO tag last; plain or .gz)
-    out: str = ""  # folder for the JSON report; "": beside the model folder
-    batch_size: int = 32
-    max_len: int | None = None  # tokens per sentence; None: the length the model was fine-tuned with
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
-
-    def __post_init__(self) -> None:
-        require(self, "data")
-        if self.batch_size < 1 or (self.max_len is not None and self.max_len < 3):
-            raise ConfigError("batch_size must be positive and max_len at least 3")
+class NerEvalConfig(TaskEvalConfig):
+    """Settings of ``lmforge eval ner``: data is a CoNLL file (word first, BIO tag last; plain or .gz)."""
 
 
 @dataclass(frozen=True)

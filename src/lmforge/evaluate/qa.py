@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.atomic import atomic_file
-from lmforge.config import ConfigError, require
+from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
-from lmforge.evaluate.classify import json_records, load_classifier, model_folder, open_text
+from lmforge.evaluate.classify import TaskEvalConfig, json_records, load_classifier, model_folder, open_text
 from lmforge.evaluate.metrics import squad_scores, squad_sums
 from lmforge.models.task import TaskModel, pad
 from lmforge.tokenizer.core import Tokenizer
@@ -40,21 +40,17 @@ SETTINGS = ("max_len", "stride", "max_answer_tokens")  # what a fine-tuned folde
 
 
 @dataclass
-class QAEvalConfig:
-    """Settings of ``lmforge eval qa``; None: the value the model was fine-tuned with."""
+class QAEvalConfig(TaskEvalConfig):
+    """Settings of ``lmforge eval qa``: data is SQuAD v1.1 JSON (or JSONL of HF's squad rows), plain or
+    .gz; max_len is per window; None: the value the model was fine-tuned with."""
 
-    data: str = ""  # required: SQuAD v1.1 JSON (or JSONL of HF's squad rows), plain or .gz
-    out: str = ""  # folder for the report and the predictions; "": beside the model folder
-    batch_size: int = 32  # windows per forward pass
-    max_len: int | None = None  # tokens per window, special tokens included
     stride: int | None = None  # context tokens shared by consecutive windows
     max_answer_tokens: int | None = None  # longest answer span considered
-    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
 
     def __post_init__(self) -> None:
-        require(self, "data")
-        if self.batch_size < 1 or (self.stride or 0) < 0 or (self.max_answer_tokens or 1) < 1:
-            raise ConfigError("batch_size and max_answer_tokens must be positive, stride >= 0")
+        super().__post_init__()
+        if (self.stride or 0) < 0 or (self.max_answer_tokens or 1) < 1:
+            raise ConfigError("max_answer_tokens must be positive, stride >= 0")
 
     def settings(self, recorded: dict[str, int]) -> dict[str, int]:
         """max_len, stride and max_answer_tokens: these settings where given, else the recorded ones."""
