@@ -189,6 +189,18 @@ def test_decoder_pooling_reads_the_last_non_padding_token():
         TaskConfig(backbone=backbone, labels=["a", "b"], pooling="cls")
 
 
+def test_mean_pooling_averages_the_non_padding_hidden_states():
+    """pooling=mean: logits = W · mean_{t valid} h_t + b, whatever the padding."""
+    torch.manual_seed(0)
+    backbone = BertConfig(vocab_size=50, max_seq_len=32, n_layer=1, n_head=2, d_model=32, mlm_head=False)
+    model = TaskModel(TaskConfig(backbone=backbone, labels=["a", "b"], pooling="mean", dropout=0.0)).eval()
+    ids, valid = pad([[2, 5, 6, 3], [2, 7, 3]], pad_id=0)
+    with torch.no_grad():
+        hidden = model.backbone(ids, valid, head=False)
+        means = torch.stack([hidden[0, :4].mean(0), hidden[1, :3].mean(0)])
+        assert torch.allclose(model(ids, valid), model.head.proj(means), atol=1e-6)
+
+
 def test_encoders_read_cls_text_sep_and_decoders_text_eos():
     tok = word_tokenizer()
     encoder, decoder = TaskConfig(labels=["a", "b"]), TaskConfig(backbone=GPTConfig(), labels=["a", "b"])

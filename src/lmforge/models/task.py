@@ -5,6 +5,8 @@ Three heads, each one linear map on dropout(h):
 - ``sequence`` classifies a whole text: logits = W · dropout(pool(h)) + b, (B, n_labels), where pool(h)
   is the encoder's sentence vector (``Bert.pool``: the pooler on h_[CLS], or h_[CLS] itself) or, for a
   decoder, the hidden state of the last non-padding token, the only position that has seen the whole text;
+  or (``pooling: mean``, what sentence-embedding models such as all-MiniLM-L6-v2 were trained with) the
+  mean of the non-padding hidden states;
 - ``token`` labels every token: logits_t = W · dropout(h_t) + b, (B, T, n_labels) (NER's BIO tags);
 - ``span`` scores every token as an answer's start and end: (B, T, 2), [..., 0] start, [..., 1] end
   (extractive QA, Devlin et al. 2019, §4.2).
@@ -49,7 +51,7 @@ class TaskConfig:
     backbone: BertConfig | GPTConfig = field(default_factory=BertConfig)  # the model under the head
     head: Literal["sequence", "token", "span"] = "sequence"  # per text, per token, answer start/end
     labels: list[str] = field(default_factory=list)  # label names, in the order of the logits (span: none)
-    pooling: Literal["auto", "cls", "last"] = "auto"  # auto: cls for encoders, last for decoders
+    pooling: Literal["auto", "cls", "last", "mean"] = "auto"  # auto: cls for encoders, last for decoders
     dropout: float = 0.1  # on the pooled vector, before the head
 
     def __post_init__(self) -> None:
@@ -75,7 +77,7 @@ class TaskConfig:
         return self.backbone.arch in ENCODERS
 
     @property
-    def pool(self) -> Literal["cls", "last"]:
+    def pool(self) -> Literal["cls", "last", "mean"]:
         """The pooling in use: ``auto`` resolved by the backbone's kind."""
         if self.pooling != "auto":
             return self.pooling
@@ -94,6 +96,12 @@ class Head(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.proj(self.dropout(pooled))
+
+
+def mean_valid(hidden: Tensor, key_valid: Tensor) -> Tensor:
+    """(B, d): each row's mean hidden state over its non-padding positions."""
+    weights = key_valid.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 def last_valid(hidden: Tensor, key_valid: Tensor) -> Tensor:
@@ -129,8 +137,10 @@ class TaskModel(nn.Module):
             hidden = self.backbone(input_ids, key_valid=key_valid, head=False)
         if self.config.head != "sequence":
             return self.head(hidden)
-        pooled = self.backbone.pool(hidden) if self.config.pool == "cls" else last_valid(hidden, key_valid)
-        return self.head(pooled)
+        pool = self.config.pool
+        if pool == "cls":
+            return self.head(self.backbone.pool(hidden))
+        return self.head((mean_valid if pool == "mean" else last_valid)(hidden, key_valid))
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N for the matmuls (embedding lookups excluded) plus 12·L·H·D·T for
