@@ -153,7 +153,7 @@ def test_eos_ends_each_row_on_its_own(lmf_gpt2_dir):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch):
     """oneDNN-packed weights (infer/cpu.py) change the speed of CPU decoding, not its tokens."""
-    import lmforge.infer.generate as gen
+    import lmforge.infer.engine as engine
     from lmforge.infer.cpu import packed_for_decode, packing_pays
 
     model, _ = load_model(lmf_gpt2_dir)
@@ -169,7 +169,7 @@ def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch
     assert torch.allclose(got, want, atol=1e-4 if dtype == torch.float32 else 0.0, rtol=1e-4)
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
     packed = generate_ids(model, prompts, cfg, mode="eager")
-    monkeypatch.setattr(gen, "packing_pays", lambda *_: False)
+    monkeypatch.setattr(engine, "packing_pays", lambda *_: False)
     assert generate_ids(model, prompts, cfg, mode="eager") == packed
     # Hooks and training mode would be bypassed by a copy: those models decode unpacked.
     handle = model.lm_head.register_forward_hook(lambda module, args, out: out)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lmforge.models.gpt import GPT
 
-ENGINES_KEY = "_decode_engines"  # where infer.generate caches a model's fixed-shape decode engines
+ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
 
 class PackedLinear(nn.Module):
