@@ -22,6 +22,7 @@ STAGE_CLIS = (
     "lmforge.train.cli",
     "lmforge.evaluate.cli",
     "lmforge.tasks.cli",
+    "lmforge.serve.cli",
 )
 
 
