@@ -222,6 +222,9 @@ def test_our_own_output_is_replaced_whole_and_the_working_directory_works(tmp_pa
 def test_outputs_get_the_users_umask_not_private_temp_permissions(tmp_path, bpe_tokenizer):
     """Folders and files that stages write are created as any other program's (0755/0644 under umask 022),
     not with the 0700/0600 of temporary files."""
+    import torch
+    from safetensors.torch import save_file
+
     from lmforge.checkpoint import save_checkpoint
     from lmforge.models.gpt import GPT, GPTConfig
     from lmforge.models.io import save_model
@@ -237,9 +240,12 @@ def test_outputs_get_the_users_umask_not_private_temp_permissions(tmp_path, bpe_
         shards = tmp_path / "s"
         build_shards(["some text " * 50] * 4, bpe_tokenizer, shards, val_fraction=0.2, progress=False)
         ckpt = save_checkpoint(tmp_path / "run", 1, {"x": 1}, keep_last=1)
+        with atomic_file(tmp_path / "adapters.safetensors") as tmp:  # safetensors creates files 0600
+            save_file({"x": torch.zeros(2)}, str(tmp))
     finally:
         os.umask(old)
     for folder in (model, shards):
         assert folder.stat().st_mode & 0o777 == 0o755, folder
         assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}, folder
     assert ckpt.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "adapters.safetensors").stat().st_mode & 0o777 == 0o644

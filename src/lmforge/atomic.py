@@ -85,6 +85,7 @@ def atomic_file(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _apply_umask(tmp)
     os.replace(tmp, final)
 
 
@@ -166,12 +167,12 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
         _discard_old(final)
 
 
-def _apply_umask(folder: Path) -> None:
+def _apply_umask(written: Path) -> None:
     """Give what a writer left private (safetensors writes 0600) the permissions the user's umask gives
-    any new file: outputs are shared like other programs' outputs."""
+    any new file: outputs are shared like other programs' outputs. A folder: all that is in it too."""
     mask = os.umask(0)
     os.umask(mask)
-    for path in (folder, *folder.rglob("*")):
+    for path in (written, *(written.rglob("*") if written.is_dir() else ())):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
