@@ -10,11 +10,27 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and the instruction-set flags that decide its speed (AVX-512, bf16, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return fields.get("model name", platform.machine()), [
+        f for f in fields.get("flags", "").split() if f in wanted
+    ]
+
+
 def machine(device: str | None = None) -> dict[str, Any]:
-    """CPUs and the load average (these machines are noisy); with ``device``, also the torch device,
-    threads and version."""
+    """CPUs (model and flags) and the load average (these machines are noisy); with ``device``, also the
+    torch device, threads and version."""
+    model, flags = cpu_model()
     info: dict[str, Any] = {
-        "processor": platform.processor() or platform.machine(),
+        "processor": model,
+        "cpu_flags": flags,
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
