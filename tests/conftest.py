@@ -111,3 +111,25 @@ def lmf_llama_dir(tmp_path_factory, hf_llama_dir) -> Path:
     from lmforge.hf.convert import from_hf
 
     return from_hf(hf_llama_dir, tmp_path_factory.mktemp("lmf") / "llama")
+
+
+def tiny_bert_folder(tokenizer, folder: Path, n_layer: int = 1) -> Path:
+    """A random-weight BERT (with its MLM head) saved with ``tokenizer``: the pretrained folder task tests
+    fine-tune from."""
+    from lmforge.models.bert import Bert, BertConfig
+    from lmforge.models.io import save_model
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size, max_seq_len=32, n_layer=n_layer, n_head=2, d_model=32, d_ff=64
+    )
+    return save_model(Bert(cfg), tokenizer, folder)
+
+
+def uncached_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Re-run the whole sequence every step: the definition that the KV cache must reproduce."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]

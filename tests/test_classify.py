@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
+from conftest import tiny_bert_folder
 from lmforge.checkpoint import latest_checkpoint, load_checkpoint
 from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
@@ -94,9 +95,7 @@ def data(tmp_path_factory) -> Path:
     write_tsv(d / "dev.tsv", keyword_rows(128, 2))
     tok = word_tokenizer()
     tok.save(d / "tok")
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=32, d_ff=64)
-    save_model(Bert(cfg), tok, d / "bert")
+    tiny_bert_folder(tok, d / "bert")
     return d
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import uncached_greedy
 from lmforge.errors import LmforgeError
 from lmforge.infer.detok import IncrementalDetokenizer, TextTracker
 from lmforge.infer.engine import Engine
@@ -40,14 +41,6 @@ def run(engine: Engine, arrivals: dict[int, list[tuple[list[int], SamplingParams
 
 def alone(model, prompt, params, tokenizer=None):
     return run(Engine(model, tokenizer, max_batch=1), {0: [(prompt, params)]})[0]
-
-
-def uncached_greedy(model, prompt: list[int], n: int) -> list[int]:
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("lmf_fixture", ["lmf_gpt2_dir", "lmf_llama_dir"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import uncached_greedy
 from lmforge.cli import main
 from lmforge.errors import LmforgeError
 from lmforge.infer.cpu import ENGINES_KEY
@@ -14,15 +15,6 @@ from lmforge.models.io import load_model
 FAMILIES = [("hf_gpt2_dir", "lmf_gpt2_dir"), ("hf_llama_dir", "lmf_llama_dir")]
 PROMPTS = [[5, 17, 42, 99, 7, 250, 3], [11, 12], [200, 150, 100, 50, 25]]
 NEW = 24
-
-
-def uncached_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """Re-run the whole sequence every step: the definition that the KV cache must reproduce."""
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt) :]
 
 
 def hf_greedy(hf, prompts: list[list[int]], n: int, pad: int) -> list[list[int]]:

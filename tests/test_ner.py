@@ -17,6 +17,7 @@ from seqeval.metrics import accuracy_score, classification_report, f1_score
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
+from conftest import tiny_bert_folder
 from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
 from lmforge.errors import LmforgeError
@@ -28,9 +29,8 @@ from lmforge.evaluate.ner import (
     tag_set,
     word_tags,
 )
-from lmforge.models.bert import Bert, BertConfig
 from lmforge.models.gpt import GPTConfig
-from lmforge.models.io import load_model, save_model
+from lmforge.models.io import load_model
 from lmforge.models.losses import IGNORE_INDEX, cross_entropy
 from lmforge.models.task import TaskConfig
 from lmforge.tasks.ner import TagRows
@@ -99,9 +99,7 @@ def data(tmp_path_factory) -> Path:
     write_conll(d / "train.conll", tagged_sentences(400, 1))
     write_conll(d / "dev.conll", tagged_sentences(100, 2))
     tok = wordpiece_tokenizer()
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=32, d_ff=64)
-    save_model(Bert(cfg), tok, d / "bert")
+    tiny_bert_folder(tok, d / "bert")
     return d
 
 

@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
+from conftest import tiny_bert_folder
 from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
 from lmforge.errors import LmforgeError
@@ -30,8 +31,6 @@ from lmforge.evaluate.qa import (
     read_squad,
     window_inputs,
 )
-from lmforge.models.bert import Bert, BertConfig
-from lmforge.models.io import save_model
 from lmforge.tokenizer.core import Tokenizer
 from lmforge.train.config import TrainConfig
 from lmforge.train.trainer import Trainer
@@ -93,9 +92,7 @@ def data(tmp_path_factory) -> Path:
     write_json(d / "train.json", squad(span_questions(384, 1)))
     write_json(d / "dev.json", squad(span_questions(64, 2)))
     tok = word_tokenizer()
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=2, n_head=2, d_model=32, d_ff=64)
-    save_model(Bert(cfg), tok, d / "bert")
+    tiny_bert_folder(tok, d / "bert", n_layer=2)
     return d
 
 
