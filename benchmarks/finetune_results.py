@@ -138,6 +138,14 @@ def lmforge(*args: str) -> str:
     return done.stdout
 
 
+def fresh_run(out: Path) -> None:
+    """Remove an earlier run of this benchmark at ``out`` (an lmforge run folder: it has config.yaml);
+    anything else there is refused, never deleted."""
+    if out.exists() and not (out / "config.yaml").is_file():
+        raise SystemExit(f"{out} exists and is not an lmforge run folder: choose another --work")
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def pretrain_mlm(work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     """Backbone (b): the ``bert-small`` preset (MiniLM's shape) pretrained with masked-LM for ``minutes``
     on WikiText-2 (test, the one split here) + the eight Gutenberg books, tokenized with MiniLM's
@@ -146,7 +154,7 @@ def pretrain_mlm(work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     if not (shards / "index.json").is_file():
         texts = [SHARED / "wikitext2/wiki.test.raw", *sorted((SHARED / "gutenberg").glob("*.txt"))]
         lmforge("shards", "--input", *map(str, texts), "--tokenizer", str(minilm), "--out", str(shards))
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run: this folder is the benchmark's own
+    fresh_run(out)
     t0 = time.perf_counter()
     args = [f"data.shards={shards}", f"out_dir={out}", f"max_minutes={minutes}", "fit_schedule_to_time=true"]
     args += ["max_steps=100000", "grad_accum=1", "optim.warmup_steps=50", "eval_every=200", "progress=false"]
@@ -160,7 +168,7 @@ def pretrain_mlm(work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
 def train(task: str, backbone: str, work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     spec, data = TASKS[task], files(task, work)
     out = work / "runs" / f"{task}-{backbone}"
-    shutil.rmtree(out, ignore_errors=True)  # a fresh run: this folder is the benchmark's own
+    fresh_run(out)
     start = {"mlm": ["--model", str(work / "mlm" / "model")], "random": [f"task.tokenizer={minilm}"]}
     args = [spec["objective"], *start.get(backbone, ["--model", str(minilm)])]
     args += ["--train", str(data["train"]), "--dev", str(data["dev"]), "--out", str(out)]
