@@ -146,12 +146,12 @@ def test_eos_ends_each_row_on_its_own(lmf_gpt2_dir):
 def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch):
     """oneDNN-packed weights (infer/cpu.py) change the speed of CPU decoding, not its tokens."""
     import lmforge.infer.engine as engine
-    from lmforge.infer.cpu import packed_for_decode, packing_pays
+    from lmforge.infer.cpu import packed_for_decode, packing_rows
 
     model, _ = load_model(lmf_gpt2_dir)
     model = model.to(dtype)
     prompts = PROMPTS * 2  # 4+ rows: fp32 packs from 4 rows on
-    if not packing_pays(model, len(prompts)):
+    if packing_rows(model) is None:
         pytest.skip("oneDNN packing unavailable for this dtype on this CPU")
     ids = torch.tensor([p[:2] for p in prompts])
     twin = packed_for_decode(model, len(prompts))
@@ -161,13 +161,13 @@ def test_packed_cpu_decode_matches_plain_linear(lmf_gpt2_dir, dtype, monkeypatch
     assert torch.allclose(got, want, atol=1e-4 if dtype == torch.float32 else 0.0, rtol=1e-4)
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=0, stop_at_eos=False)
     packed = generate_ids(model, prompts, cfg, mode="eager")
-    monkeypatch.setattr(engine, "packing_pays", lambda *_: False)
+    monkeypatch.setattr(engine, "packing_rows", lambda *_: None)
     assert generate_ids(model, prompts, cfg, mode="eager") == packed
     # Hooks and training mode would be bypassed by a copy: those models decode unpacked.
     handle = model.lm_head.register_forward_hook(lambda module, args, out: out)
-    assert not packing_pays(model, len(prompts))
+    assert packing_rows(model) is None
     handle.remove()
-    assert not packing_pays(model.train(), len(prompts))
+    assert packing_rows(model.train()) is None
     model.eval()
     # A weight update (training, loading) invalidates the packed copy.
     with torch.no_grad():

@@ -33,17 +33,18 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def packing_pays(model: GPT, batch: int) -> bool:
-    """Whether a packed copy decodes faster: CPU, oneDNN present, bf16 (any batch) or fp32 (batch >= 4);
-    never for a model in training mode or one with forward hooks, which the copy would not honour."""
+def packing_rows(model: GPT) -> int | None:
+    """From how many rows per forward a packed copy is faster: bf16 from 1 (when the CPU has bf16
+    kernels), fp32 from 4; None when never: not on a CPU, no oneDNN, a model in training mode, or one
+    with forward hooks, which a copy would not honour."""
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or model.training:
-        return False
+        return None
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        return False  # a copy would bypass the hooks (they must see every decode step)
+        return None  # a copy would bypass the hooks (they must see every decode step)
     if weight.dtype == torch.bfloat16:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return weight.dtype == torch.float32 and batch >= 4
+        return 1 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return 4 if weight.dtype == torch.float32 else None
 
 
 def _weights_version(model: GPT) -> tuple:

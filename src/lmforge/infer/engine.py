@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
-from lmforge.infer.cpu import ENGINES_KEY, packed_for_decode, packing_pays
+from lmforge.infer.cpu import ENGINES_KEY, packed_for_decode, packing_rows
 from lmforge.infer.detok import CONTEXT, TextTracker
 from lmforge.infer.sampling import SamplingParams, sample_rows
 from lmforge.models.gpt import GPT
@@ -218,7 +218,8 @@ class Engine:
             self.cache = self.fixed.cache
         self.seen = torch.zeros(max_batch, c.vocab_size, dtype=torch.bool, device=self.device)
         self.counts = torch.zeros(max_batch, c.vocab_size, device=self.device)
-        self.decoder = model  # the model, or its packed CPU copy: chosen when the engine gets busy
+        self.packed: GPT | None = None  # the model's packed CPU copy, chosen when the engine gets busy
+        self.pack_from = 0  # ... and used for forwards of at least this many rows
         self.running: list[_Request] = []  # running[i] holds slot i
         self.waiting: deque[_Request] = deque()
         self._ids = itertools.count()
@@ -272,12 +273,13 @@ class Engine:
     def step(self) -> list[StepOutput]:
         """Decode one token for every running request, then admit and prefill waiting ones."""
         if not self.running:  # idle until now: the weights may have changed (training, loading)
-            pays = self.fixed is None and packing_pays(self.model, self.max_batch)
-            self.decoder = packed_for_decode(self.model, self.max_batch) if pays else self.model
-        model = self.decoder
+            rows = None if self.fixed is not None else packing_rows(self.model)
+            pays = rows is not None and rows <= self.max_batch
+            self.packed = packed_for_decode(self.model, self.max_batch) if pays else None
+            self.pack_from = rows or 0
         outputs = []
         if self.running:
-            outputs += self._advance(self.running, self._decode(model))
+            outputs += self._advance(self.running, self._decode())
         admitted = []
         while self.waiting and len(self.running) < self.max_batch:
             request = self.waiting.popleft()
@@ -285,10 +287,14 @@ class Engine:
             self.running.append(request)
             admitted.append(request)
         if admitted:
-            outputs += self._advance(admitted, self._prefill(model, admitted))
+            outputs += self._advance(admitted, self._prefill(admitted))
         return outputs
 
-    def _decode(self, model: GPT) -> Tensor:
+    def _decoder(self, rows: int) -> GPT:
+        """The model for a forward of ``rows`` token rows: the packed copy where it is the faster."""
+        return self.packed if self.packed is not None and rows >= self.pack_from else self.model
+
+    def _decode(self) -> Tensor:
         """Logits after feeding every running row its last token at its own position."""
         tokens, lengths = [r.last for r in self.running], [r.length for r in self.running]
         for r in self.running:
@@ -301,9 +307,10 @@ class Engine:
         key_valid = None if uniform else torch.arange(span, device=self.device) <= pos
         self.cache.bind(slice(0, len(tokens)), span, None if uniform else pos[:, 0])
         ids = torch.tensor(tokens, device=self.device)[:, None]
+        model = self._decoder(len(tokens))
         return model(ids, positions=pos, key_valid=key_valid, cache=self.cache, last_only=True)[:, -1]
 
-    def _prefill(self, model: GPT, rows: list[_Request]) -> Tensor:
+    def _prefill(self, rows: list[_Request]) -> Tensor:
         lengths = [len(r.prompt) for r in rows]
         width = max(lengths)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -321,6 +328,7 @@ class Engine:
             key_valid = torch.arange(width, device=self.device) < lens[:, None]
         positions = torch.arange(width, device=self.device).expand(len(rows), width)
         self.cache.bind(slice(rows[0].slot, rows[-1].slot + 1), width)
+        model = self._decoder(len(rows) * width)
         hidden = model(ids, positions=positions, key_valid=key_valid, cache=self.cache, head=False)
         last = hidden[torch.arange(len(rows), device=self.device), lens - 1]
         return model.lm_head(last[:, None])[:, 0]
