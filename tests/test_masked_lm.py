@@ -118,6 +118,29 @@ def test_mlm_pretraining_learns_exports_an_encoder_and_batches_are_reproducible(
     assert isinstance(model, Bert) and model.mlm is not None and tokenizer.mask_id is not None
 
 
+def test_the_mlm_head_runs_on_the_chosen_positions_only(wordpiece_shards, tmp_path):
+    """The loss reads the ~15 % chosen positions alone, so the vocabulary projection runs on those only
+    (over all positions it costs about as much as the encoder); loss and gradients are those of the
+    full logits."""
+    cfg = load_config(TrainConfig, None, [*TINY, f"data.shards={wordpiece_shards}", f"out_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    objective, model = trainer.objective, trainer.model
+    batch = objective.train_batch(3)
+    rows = []
+    model.encoder.mlm.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
+    loss = objective.loss(model, batch)
+    chosen = batch["targets"] != IGNORE_INDEX
+    assert rows == [(int(chosen.sum()),)]
+    got = torch.autograd.grad(loss, model.encoder.tok_emb.weight)[0]
+    hidden = model.encoder(batch["input_ids"], token_type_ids=batch["token_type_ids"], head=False)
+    full = torch.nn.functional.cross_entropy(
+        model.encoder.mlm(hidden).flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX
+    )
+    want = torch.autograd.grad(full, model.encoder.tok_emb.weight)[0]
+    assert loss.item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(got, want, atol=1e-7, rtol=1e-5)
+
+
 def test_next_sentence_prediction_option(wordpiece_shards, tmp_path):
     cfg = load_config(
         TrainConfig,

@@ -58,10 +58,16 @@ class PretrainingModel(nn.Module):
         self.encoder = encoder
         self.nsp = nn.Linear(encoder.config.d_model, 2) if nsp else None
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor, chosen: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """(masked-LM logits (M, vocab) at the ``chosen`` (B, T) positions only, NSP logits or None).
+
+        The head runs on the chosen 15 % alone: the loss reads no other position, and the vocabulary
+        projection over all B·T positions would cost about as much as the whole encoder."""
         hidden = self.encoder(input_ids, token_type_ids=token_type_ids, head=False)
         is_next = self.nsp(self.encoder.pool(hidden)) if self.nsp is not None else None
-        return self.encoder.mlm(hidden), is_next
+        return self.encoder.mlm(hidden[chosen]), is_next
 
 
 class MaskedLM(Objective):
@@ -142,11 +148,11 @@ class MaskedLM(Objective):
 
     def eval_step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """MLM loss (+ NSP loss), and the counts of masked tokens and next-sentence labels predicted right."""
-        logits, is_next = model(batch["input_ids"], batch["token_type_ids"])
-        targets = batch["targets"]
+        chosen = batch["targets"] != IGNORE_INDEX
+        logits, is_next = model(batch["input_ids"], batch["token_type_ids"], chosen)
+        targets = batch["targets"][chosen]
         loss = cross_entropy(logits, targets)
-        chosen = targets != IGNORE_INDEX
-        sums = {"mlm_correct": (logits.argmax(-1) == targets)[chosen].sum(), "mlm_total": chosen.sum()}
+        sums = {"mlm_correct": (logits.argmax(-1) == targets).sum(), "mlm_total": chosen.sum()}
         if is_next is not None:
             loss = loss + cross_entropy(is_next, batch["is_next"])
             sums["nsp_correct"] = (is_next.argmax(-1) == batch["is_next"]).sum()
