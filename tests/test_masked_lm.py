@@ -17,6 +17,7 @@ from lmforge.models.bert import Bert
 from lmforge.models.io import load_model
 from lmforge.models.losses import IGNORE_INDEX
 from lmforge.tokenizer.shards import build_shards
+from lmforge.tokenizer.train import train_wordpiece
 from lmforge.train.config import MaskingConfig, TrainConfig
 from lmforge.train.masked_lm import mask_tokens
 from lmforge.train.trainer import Trainer
@@ -43,20 +44,9 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def wordpiece_shards(tmp_path_factory):
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, normalizers, pre_tokenizers, trainers
-
-    from lmforge.tokenizer.core import Tokenizer
-
-    backend = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     docs = [p for p in corpus_text()[:200_000].split("\n\n") if p.strip()]
-    backend.train_from_iterator(docs, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
-    roles = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), specials))
     out = tmp_path_factory.mktemp("mlm") / "shards"
-    build_shards(docs, Tokenizer(backend, roles), out, val_fraction=0.1, progress=False)
+    build_shards(docs, train_wordpiece(docs, vocab_size=600), out, val_fraction=0.1, progress=False)
     return out
 
 
@@ -179,3 +169,43 @@ def test_pretrain_cli_reports_whatever_val_metrics_the_objective_gives(wordpiece
     args = ["pretrain", "--config", str(tmp_path / "c.yaml"), *TINY, f"data.shards={wordpiece_shards}"]
     assert main([*args, f"out_dir={tmp_path / 'r'}", "max_steps=2", "eval_every=2", "mlm.nsp=true"]) == 0
     assert "val_nsp_acc" in capsys.readouterr().out
+
+
+def test_an_encoder_from_nothing_but_the_demo_corpus_through_the_cli(tmp_path, capsys):
+    """A fresh machine (no data, no pretrained model): WordPiece tokenizer, shards, masked-LM pretraining
+    and a classifier fine-tuned on the result, each a CLI verb."""
+    from lmforge.cli import main
+    from lmforge.train.demo import demo_corpus
+
+    (tmp_path / "corpus.txt").write_text("\n\n".join(demo_corpus()[:30]), encoding="utf-8")
+    tok, shards, run = tmp_path / "tok", tmp_path / "shards", tmp_path / "mlm"
+    corpus = ["--input", str(tmp_path / "corpus.txt")]
+    assert (
+        main(["tokenizer", "train", *corpus, "--kind", "wordpiece", "--vocab-size", "800", "--out", str(tok)])
+        == 0
+    )
+    assert main(["shards", *corpus, "--tokenizer", str(tok), "--out", str(shards), "val_fraction=0.1"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "bert-small",
+                *TINY,
+                f"data.shards={shards}",
+                f"out_dir={run}",
+                "max_steps=3",
+                "eval_every=3",
+            ]
+        )
+        == 0
+    )
+    rows = ["label\tcontent"] + [
+        f"{i % 2}\t{'a for loop' if i % 2 else 'the class body'} {i}" for i in range(40)
+    ]
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = ["--train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "train.tsv")]
+    args = ["finetune", "classify", "--model", str(run / "model"), *data, "--out", str(tmp_path / "cls")]
+    assert main([*args, "task.max_len=32", "max_steps=2", "eval_every=2", "progress=false", "threads=1"]) == 0
+    model, tokenizer = load_model(tmp_path / "cls" / "model")
+    assert tokenizer.cls_id == 2 and tokenizer.mask_id == 4 and model.config.labels == ["0", "1"]

@@ -9,7 +9,7 @@ import pytest
 from conftest import corpus_text
 from lmforge.cli import main
 from lmforge.tokenizer.core import Tokenizer
-from lmforge.tokenizer.train import DEFAULT_SPECIALS, train_bpe, train_char
+from lmforge.tokenizer.train import BERT_SPECIALS, DEFAULT_SPECIALS, train_bpe, train_char, train_wordpiece
 
 SAMPLES = [
     "Hello, world! The quick brown fox.",
@@ -52,6 +52,38 @@ def test_bpe_save_load_and_transformers(bpe, tmp_path):
         assert again.encode(s) == bpe.encode(s) == hf(s, add_special_tokens=False).input_ids
         assert hf.decode(bpe.encode(s)) == s
     assert hf.eos_token == DEFAULT_SPECIALS["eos_token"] and hf.pad_token_id == 0
+
+
+def test_wordpiece_tokenizes_as_berts_own(tmp_path):
+    """Our WordPiece = transformers' BertTokenizer over the same vocab.txt (uncased), ids 0-4 are
+    BERT's specials, and the saved folder gives transformers [CLS] a [SEP] b [SEP] with token types."""
+    from transformers import BertTokenizer, PreTrainedTokenizerFast
+
+    wp = train_wordpiece([corpus_text()[:150_000]], vocab_size=800)
+    assert wp.vocab_size == 800 and (wp.pad_id, wp.unk_id, wp.cls_id, wp.sep_id, wp.mask_id) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
+    assert any(piece.startswith("##") for piece in wp.backend.get_vocab())
+    vocab = sorted(wp.backend.get_vocab().items(), key=lambda kv: kv[1])
+    (tmp_path / "vocab.txt").write_text("".join(f"{piece}\n" for piece, _ in vocab), encoding="utf-8")
+    bert = BertTokenizer(vocab=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    text = corpus_text()[300_000:302_000]
+    for s in [*SAMPLES, text]:
+        assert wp.encode(s) == bert(s, add_special_tokens=False).input_ids
+    assert wp.decode(wp.encode("Hello, World! Naïve café.")) == "hello, world! naive cafe."
+    wp.save(tmp_path / "tok")
+    assert Tokenizer.load(tmp_path / "tok").special_tokens == wp.special_tokens
+    hf = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")
+    pair = hf("first part", "second", return_token_type_ids=True)
+    a, b = wp.encode("first part"), wp.encode("second")
+    assert pair.input_ids == [2, *a, 3, *b, 3] and pair.token_type_ids == [0] * (len(a) + 2) + [1] * (
+        len(b) + 1
+    )
+    assert hf.mask_token == BERT_SPECIALS["mask_token"] and hf.cls_token_id == 2
 
 
 def test_char_tokenizer(tmp_path):

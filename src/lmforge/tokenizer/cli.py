@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(
         dest="tokenizer_command", required=True, metavar="<command>"
     )
-    p = tok.add_parser("train", help="train a byte-level BPE (or character-level) tokenizer on text/JSONL")
+    p = tok.add_parser(
+        "train", help="train a byte-level BPE, WordPiece or character-level tokenizer on text/JSONL"
+    )
     add_config_arguments(
         p,
         TokenizerTrainConfig,
@@ -45,14 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from lmforge.atomic import atomic_directory
     from lmforge.tokenizer.sources import iter_corpus, list_inputs
-    from lmforge.tokenizer.train import train_bpe, train_char
+    from lmforge.tokenizer.train import train_bpe, train_char, train_wordpiece
 
     cfg = config_from_args(TokenizerTrainConfig, args)
     texts = iter_corpus(list_inputs(cfg.input), cfg.text_key)
     if cfg.kind == "char":
         tokenizer = train_char(texts, cfg.special)
     else:
-        tokenizer = train_bpe(texts, cfg.vocab_size, cfg.special, cfg.min_frequency, show_progress=True)
+        learn = train_wordpiece if cfg.kind == "wordpiece" else train_bpe
+        tokenizer = learn(texts, cfg.vocab_size, cfg.special, cfg.min_frequency, show_progress=True)
     with atomic_directory(cfg.out, cfg.overwrite) as tmp:
         tokenizer.save(tmp)
     print(f"{cfg.kind} tokenizer with {tokenizer.vocab_size} tokens -> {cfg.out}")

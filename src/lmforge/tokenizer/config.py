@@ -12,10 +12,12 @@ from lmforge.config import ConfigError, require
 class TokenizerTrainConfig:
     input: list[str] = field(default_factory=list)  # required: .txt/.md, .jsonl, .parquet files or folders
     out: str = ""  # required: folder for tokenizer.json + tokenizer_config.json
-    vocab_size: int = 16000  # BPE: entries, the 256 bytes and the special tokens included
-    kind: Literal["bpe", "char"] = "bpe"  # char: one id per distinct character seen
+    vocab_size: int = 16000  # BPE/WordPiece: entries, (the 256 bytes and) the special tokens included
+    # bpe: byte-level, for decoders; wordpiece: BERT's (uncased, with [CLS] [SEP] [MASK]), for encoders;
+    # char: one id per distinct character seen
+    kind: Literal["bpe", "wordpiece", "char"] = "bpe"
     special: list[str] = field(default_factory=list)  # extra special tokens
-    min_frequency: int = 2  # BPE: merges seen fewer times are not learned
+    min_frequency: int = 2  # BPE/WordPiece: merges/pieces seen fewer times are not learned
     text_key: str = "text"  # JSONL field / Parquet column holding the text
     overwrite: bool = False  # write into a folder holding other files (only lmforge's files are replaced)
 
