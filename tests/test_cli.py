@@ -250,8 +250,8 @@ def test_unknown_key_fails_before_work_naming_it(name, loaded, capsys):
 def test_bad_values_and_files_fail_before_work(loaded, tmp_path, capsys):
     assert main(["generate", "m", "--prompt", "x", "--temperature", "warm"]) == 2
     assert "temperature: expected a number, got 'warm'" in capsys.readouterr().err
-    assert main(["tokenizer", "train", "--input", "a.txt", "--out", "t", "kind=wordpiece"]) == 2
-    assert "kind: expected one of ['bpe', 'char']" in capsys.readouterr().err
+    assert main(["tokenizer", "train", "--input", "a.txt", "--out", "t", "kind=unigram"]) == 2
+    assert "kind: expected one of ['bpe', 'wordpiece', 'char']" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("datta: shards\n", encoding="utf-8")
     assert main(["eval", "perplexity", "runs/x", "--config", str(bad)]) == 2
