@@ -56,7 +56,12 @@ TASKS: dict[str, dict[str, Any]] = {
     "sst2": {"objective": "classify", "minutes": 25, "args": ["task.max_len=66", "eval_every=300"]},
     "agnews": {"objective": "classify", "minutes": 10, "args": ["task.max_len=128", "eval_every=100"]},
     "wnut17": {"objective": "ner", "minutes": 10, "args": ["task.max_len=128", "eval_every=100"]},
-    "squad": {"objective": "qa", "minutes": 20, "args": ["task.max_len=256", "eval_every=200"]},
+    # a SQuAD step (32 windows of 256 tokens) takes ~4 s here: a short warmup leaves the run room to learn
+    "squad": {
+        "objective": "qa",
+        "minutes": 20,
+        "args": ["task.max_len=256", "eval_every=50", "optim.warmup_steps=30"],
+    },
 }
 BACKBONES = {
     "minilm": ["optim.lr=1e-4"],
@@ -158,6 +163,8 @@ def pretrain_mlm(work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     args = [f"data.shards={shards}", f"out_dir={out}", f"max_minutes={minutes}", "fit_schedule_to_time=true"]
     args += ["max_steps=100000", "grad_accum=1", "optim.warmup_steps=50", "eval_every=200", "progress=false"]
+    # MiniLM's 512 positions; windows of 256 tokens, so SQuAD's 256-token windows meet trained positions
+    args += ["model.max_seq_len=512", "data.seq_len=256", "batch_size=16"]
     lmforge("pretrain", "--config", "bert-small", *args)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r][-1]
@@ -165,15 +172,23 @@ def pretrain_mlm(work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
     return {"minutes": minutes_used, "step": val["step"], "val_loss": val["val_loss"]}
 
 
-def train(task: str, backbone: str, work: Path, minilm: Path, minutes: float) -> dict[str, Any]:
+def train(
+    task: str, backbone: str, work: Path, minilm: Path, minutes: float, extra: list[str]
+) -> dict[str, Any]:
     spec, data = TASKS[task], files(task, work)
     out = work / "runs" / f"{task}-{backbone}"
     fresh_run(out)
     start = {"mlm": ["--model", str(work / "mlm" / "model")], "random": [f"task.tokenizer={minilm}"]}
     args = [spec["objective"], *start.get(backbone, ["--model", str(minilm)])]
     args += ["--train", str(data["train"]), "--dev", str(data["dev"]), "--out", str(out)]
-    args += [*spec["args"], *BACKBONES[backbone], f"max_minutes={minutes}", "fit_schedule_to_time=true"]
-    args += ["max_steps=100000", "optim.warmup_steps=200", "progress=false", "log_every=50"]
+    args = [*args, "optim.warmup_steps=200", *spec["args"], *BACKBONES[backbone], *extra]
+    args += [
+        f"max_minutes={minutes}",
+        "fit_schedule_to_time=true",
+        "max_steps=100000",
+        "progress=false",
+        "log_every=50",
+    ]
     t0 = time.perf_counter()
     lmforge("finetune", *args)
     minutes_used = (time.perf_counter() - t0) / 60
@@ -184,6 +199,7 @@ def train(task: str, backbone: str, work: Path, minilm: Path, minutes: float) ->
         scores[test.name] = headline(spec["objective"], out, test)
     return {
         "minutes": round(minutes_used, 1),
+        "settings": [a for a in args if "=" in a and not a.startswith("--")],
         "best_step": meta["training"]["step"],
         "dev": meta["dev"],
         **scores,
@@ -261,6 +277,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=[f"{t}:{b}" for t in TASKS for b in (*BACKBONES, "trivial")])
     ap.add_argument("--minutes", type=float, help="training budget per run (default: per task)")
     ap.add_argument("--pretrain-minutes", type=float, default=20, help="masked-LM pretraining budget (mlm)")
+    ap.add_argument("--set", nargs="*", default=[], help="more key=value settings for these runs' finetune")
     args = ap.parse_args()
     minilm = args.minilm or convert_minilm(args.work)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
@@ -272,7 +289,7 @@ def main() -> None:
             if backbone == "trivial":
                 r = trivial(task, args.work)
             else:
-                r = train(task, backbone, args.work, minilm, args.minutes or TASKS[task]["minutes"])
+                r = train(task, backbone, args.work, minilm, args.minutes or TASKS[task]["minutes"], args.set)
         except subprocess.CalledProcessError as e:  # one failed run is recorded; the others still run
             print(f"{run} failed: {e}", flush=True)
             continue
