@@ -133,17 +133,18 @@ def test_model_folder_is_written_atomically(lmf_gpt2_dir, tmp_path, monkeypatch)
 
 
 def test_registry_dispatches_by_model_type(tmp_path):
-    assert registry.model_types() == ["bert", "gpt2", "llama"]
+    assert registry.model_types() == ["bart", "bert", "gpt2", "llama", "marian"]
     for model_type, cls in [("gpt2", GPT2Adapter), ("llama", LlamaAdapter)]:
         adapter = registry.by_model_type(model_type)
         assert type(adapter) is cls and adapter.model_type == model_type and adapter.lmforge_arch == "gpt"
     with pytest.raises(
-        LmforgeError, match="model_type 'mamba' is not supported; supported: bert, gpt2, llama"
+        LmforgeError, match="model_type 'mamba' is not supported; supported: bart, bert, gpt2, llama, marian"
     ):
         registry.by_model_type("mamba")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(
-        LmforgeError, match=r"config\.json: model_type 't5' is not supported; supported: bert, gpt2, llama"
+        LmforgeError,
+        match=r"config\.json: model_type 't5' is not supported; supported: bart, bert, gpt2, llama, marian",
     ):
         from_hf(tmp_path, tmp_path / "out")
 

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from lmforge.models.layers import (
     Block,
     CrossAttention,
-    GeluMLP,
+    FeedForward,
     KVCache,
     MultiHeadAttention,
     RotaryEmbedding,
+    SinusoidalPositions,
     SwiGLU,
     apply_rotary,
     attention_mask,
@@ -221,7 +222,7 @@ def test_block_residual_order(norm_position, with_cross):
     d = 16
     attn = MultiHeadAttention(d, n_head=2, n_kv_head=2, head_dim=8, bias=True, causal=True)
     cross = CrossAttention(d, n_head=2, n_kv_head=1, head_dim=8, bias=True) if with_cross else None
-    mlp = GeluMLP(d, 4 * d, bias=True)
+    mlp = FeedForward(d, 4 * d, bias=True)
     norms = [tuned_norm(d), tuned_norm(d) if with_cross else None, tuned_norm(d)]
     block = Block(attn, mlp, norms[0], norms[2], norm_position, cross, norms[1])
     x, memory = torch.randn(2, 5, d), torch.randn(2, 7, d)
@@ -237,14 +238,33 @@ def test_block_residual_order(norm_position, with_cross):
 
 def test_feed_forward_formulas():
     x = torch.randn(2, 3, 8)
-    mlp = GeluMLP(8, 32, bias=True, approximate="tanh")
+    mlp = FeedForward(8, 32, bias=True, activation="gelu_tanh")
     h = x @ mlp.fc.weight.T + mlp.fc.bias
     gelu = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
     torch.testing.assert_close(mlp(x), gelu @ mlp.proj.weight.T + mlp.proj.bias)
+    mlp.act = FeedForward(8, 32, bias=True, activation="relu").act  # max(0, h): the paper's FFN
+    torch.testing.assert_close(mlp(x), h.clamp(min=0) @ mlp.proj.weight.T + mlp.proj.bias)
     glu = SwiGLU(8, 16, bias=False)
     gate, up = x @ glu.gate_up.weight[:16].T, x @ glu.gate_up.weight[16:].T
     torch.testing.assert_close(glu(x), (gate * torch.sigmoid(gate) * up) @ glu.proj.weight.T)
     assert torch.allclose(F.silu(gate), gate * torch.sigmoid(gate))
+
+
+def test_sinusoidal_positions_are_the_papers_table():
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...): the same values, sin half first."""
+    d, table = 8, SinusoidalPositions(8, 50)
+    pos, i = 37, 3
+    angle = pos / 10000 ** (2 * i / d)
+    assert table(torch.tensor(pos))[i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table(torch.tensor(pos))[d // 2 + i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert table(torch.tensor(0)).tolist() == [0.0] * (d // 2) + [1.0] * (d // 2)
+
+
+def test_kv_cache_reorder_keeps_the_chosen_rows():
+    cache = KVCache(n_layer=2, batch=3, n_kv_head=1, max_len=4, head_dim=2, dtype=torch.float32, device="cpu")
+    cache.k[:, :, 0, 0, 0] = torch.tensor([10.0, 11.0, 12.0])
+    cache.reorder(torch.tensor([2, 2, 0, 1]))
+    assert cache.k[1, :, 0, 0, 0].tolist() == [12.0, 12.0, 10.0, 11.0] and cache.v.size(1) == 4
 
 
 def test_kv_cache_writes_both_ways():

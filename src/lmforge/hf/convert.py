@@ -184,6 +184,7 @@ def to_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
-        generation = {k: hf_cfg[k] for k in SPECIAL_TOKEN_FIELDS if hf_cfg.get(k) is not None}
+        fields = (*SPECIAL_TOKEN_FIELDS, "decoder_start_token_id")
+        generation = {k: hf_cfg[k] for k in fields if hf_cfg.get(k) is not None}
         _write_json(tmp / "generation_config.json", generation)
     return Path(out_dir)

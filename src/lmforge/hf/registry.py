@@ -12,6 +12,8 @@ from lmforge.errors import LmforgeError
 from lmforge.hf.adapter import Adapter
 
 _ADAPTERS: dict[str, str] = {
+    "bart": "lmforge.hf.bart:BartAdapter",
+    "marian": "lmforge.hf.bart:MarianAdapter",
     "bert": "lmforge.hf.bert:BertAdapter",
     "gpt2": "lmforge.hf.gpt2:GPT2Adapter",
     "llama": "lmforge.hf.llama:LlamaAdapter",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ConfigError
-from lmforge.models.layers import Block, GeluMLP, MultiHeadAttention, attention_mask
+from lmforge.models.layers import Block, FeedForward, MultiHeadAttention, attention_mask, gelu
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Bert(nn.Module):
     def _block(self) -> Block:
         c = self.config
         attn = MultiHeadAttention(c.d_model, c.n_head, c.n_head, c.head_dim, True, c.dropout, causal=False)
-        mlp = GeluMLP(c.d_model, c.d_ff, True, c.gelu_approximate, dropout=c.dropout)
+        mlp = FeedForward(c.d_model, c.d_ff, True, gelu(c.gelu_approximate), dropout=c.dropout)
         norm = lambda: nn.LayerNorm(c.d_model, eps=c.norm_eps)  # noqa: E731
         return Block(attn, mlp, norm(), norm(), norm_position="post")
 

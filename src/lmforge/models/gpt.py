@@ -18,12 +18,13 @@ from torch import Tensor, nn
 from lmforge.config import ConfigError
 from lmforge.models.layers import (
     Block,
-    GeluMLP,
+    FeedForward,
     KVCache,
     MultiHeadAttention,
     RotaryEmbedding,
     SwiGLU,
     decode_positions_and_mask,
+    gelu,
     make_norm,
 )
 from lmforge.models.losses import IGNORE_INDEX, cross_entropy
@@ -119,7 +120,7 @@ class GPT(nn.Module):
             c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.bias, c.dropout, causal=True
         )
         if c.mlp == "gelu":
-            mlp = GeluMLP(c.d_model, c.d_ff, c.bias, c.gelu_approximate)
+            mlp = FeedForward(c.d_model, c.d_ff, c.bias, gelu(c.gelu_approximate))
         else:
             mlp = SwiGLU(c.d_model, c.d_ff, c.bias)
         norm = lambda: make_norm(c.norm, c.d_model, c.norm_eps, c.bias)  # noqa: E731

@@ -105,6 +105,11 @@ class KVCache:
         self.length = end
         return start
 
+    def reorder(self, rows: Tensor) -> None:
+        """Keep row ``rows[i]`` as row i (beam search: each surviving beam continues its parent's keys);
+        ``rows`` may repeat or drop rows, so the batch size may change."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+
     def update(self, layer: int, k: Tensor, v: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if index is not None:
             self.k[layer].index_copy_(2, index, k)
@@ -293,6 +298,30 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+class SinusoidalPositions(nn.Module):
+    """The original Transformer's fixed positions: PE(pos, i) = sin(pos / 10000^(2i/d)) in the first d/2
+    channels and cos(pos / 10000^(2i/d)) in the last d/2 (the paper interleaves sin and cos; this is the
+    same table with its channels permuted, as fairseq, tensor2tensor and Marian lay it out)."""
+
+    def __init__(self, dim: int, max_seq_len: int):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"sinusoidal positions need an even dimension, got {dim}")
+        self.dim, self.max_seq_len = dim, max_seq_len
+        self.register_buffer("table", torch.empty(0), persistent=False)
+        self.reset_tables()
+
+    def reset_tables(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the table, e.g. after building the model on the meta device."""
+        inv_freq = 10000.0 ** (-torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim)
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64, device=device), inv_freq)
+        self.table = torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """(..., dim) embeddings of integer ``positions``."""
+        return self.table[positions]
+
+
 # --------------------------------------------------------------------------------------------------
 # Normalisation and feed-forward
 
@@ -320,19 +349,36 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; expected 'layernorm' or 'rmsnorm'")
 
 
-class GeluMLP(nn.Module):
-    """FFN(x) = GELU(x W_1 + b_1) W_2 + b_2 (GPT-2, BERT); ``dropout`` on its output while training
-    (BERT's hidden dropout)."""
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact, with the Gaussian CDF (BERT, BART)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
+    "relu": F.relu,  # the original Transformer
+    "silu": F.silu,  # swish (Marian)
+}
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool, approximate: str = "tanh", dropout: float = 0.0):
+
+def gelu(approximate: str) -> str:
+    """The ``ACTIVATIONS`` name of GELU with transformers' ``approximate`` setting ("none" or "tanh")."""
+    return "gelu_tanh" if approximate == "tanh" else "gelu"
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W_1 + b_1) W_2 + b_2, act one of ``ACTIVATIONS``; ``dropout`` on its output while
+    training (BERT's hidden dropout)."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, bias: bool, activation: str = "gelu_tanh", dropout: float = 0.0
+    ):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
-        self.approximate = approximate
+        self.act = ACTIVATIONS[activation]
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class SwiGLU(nn.Module):
@@ -355,6 +401,8 @@ class Block(nn.Module):
     Pre-norm keeps an identity path from input to output (stable deep training); post-norm normalises
     the residual stream itself, as the original Transformer did. ``cross_attn`` (with ``cross_norm``)
     makes a decoder block of an encoder-decoder: queries from x, keys/values from the encoder memory.
+    ``dropout``: residual dropout on each sub-layer's output while training (the original Transformer's
+    P_drop).
     """
 
     def __init__(
@@ -366,6 +414,7 @@ class Block(nn.Module):
         norm_position: Literal["pre", "post"] = "pre",
         cross_attn: CrossAttention | None = None,
         cross_norm: nn.Module | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         if norm_position not in ("pre", "post"):
@@ -376,12 +425,13 @@ class Block(nn.Module):
         self.mlp_norm, self.mlp = mlp_norm, mlp
         self.cross_norm, self.cross_attn = cross_norm, cross_attn
         self.norm_position = norm_position
+        self.drop = nn.Dropout(dropout)
 
     def sublayer(self, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
-        """x + f(Norm(x)) (pre-norm) or Norm(x + f(x)) (post-norm)."""
+        """x + Dropout(f(Norm(x))) (pre-norm) or Norm(x + Dropout(f(x))) (post-norm)."""
         if self.norm_position == "pre":
-            return x + f(norm(x))
-        return norm(x + f(x))
+            return x + self.drop(f(norm(x)))
+        return norm(x + self.drop(f(x)))
 
     def forward(
         self,

@@ -19,6 +19,7 @@ from lmforge.errors import LmforgeError
 _FAMILIES: dict[str, str] = {
     "gpt": "lmforge.models.gpt:GPT",
     "bert": "lmforge.models.bert:Bert",
+    "seq2seq": "lmforge.models.seq2seq:Seq2Seq",
     "task": "lmforge.models.task:TaskModel",  # a backbone (gpt or bert) with a task head
 }
 
