@@ -152,6 +152,6 @@ def test_causal_lm_config_checks_its_window_before_work():
     with pytest.raises(ConfigError, match=r"data.seq_len \(64\) exceeds model.max_seq_len \(32\)"):
         load_config(TrainConfig, None, ["model.max_seq_len=32", "data.seq_len=64"])
     with pytest.raises(
-        ConfigError, match=r"model.arch: expected one of \['gpt', 'bert', 'task'\], got 'encoder'"
+        ConfigError, match=r"model.arch: expected one of \['gpt', 'bert', 'task', 'seq2seq'\], got 'encoder'"
     ):
         load_config(TrainConfig, None, ["model.arch=encoder"])  # a config of another family never fits

@@ -304,16 +304,18 @@ class Flag:
     A bool key is a switch; a ``const`` makes any key a switch that sets that value (``--truncate`` ->
     ``truncate=left``). A list key collects every use (``--prompt a --prompt b``); ``many`` also takes
     several values at once (``--input corpus/*.txt``, as the shell expands a glob); among them, a
-    ``key=value`` word for a key of the config is a setting, not a value.
+    ``key=value`` word for a key of the config is a setting, not a value. ``name`` gives the option a
+    shorter name than its key's (``Flag("num_beams", name="beams")`` is ``--beams``).
     """
 
     key: str
     const: Any = None
     many: bool = False
+    name: str | None = None
 
     @property
     def option(self) -> str:
-        return "--" + self.key.replace(".", "-").replace("_", "-")
+        return "--" + (self.name or self.key).replace(".", "-").replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """``lmforge eval <task>``: evaluation commands (perplexity on token shards, text classification, named
-entities, extractive QA)."""
+entities, extractive QA, translation, summarization)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from lmforge.config import add_config_arguments, config_from_args
+from lmforge.config import Flag, add_config_arguments, config_from_args
 from lmforge.evaluate.classify import ClassifyEvalConfig
 from lmforge.evaluate.config import PerplexityConfig
 from lmforge.evaluate.ner import NerEvalConfig
 from lmforge.evaluate.qa import QAEvalConfig
+from lmforge.evaluate.seq2seq import Seq2SeqEvalConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +38,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(q, QAEvalConfig, flags)
     q.set_defaults(func=run_qa)
 
+    for task, summary in SEQ2SEQ.items():
+        t = tasks.add_parser(task, help=summary)
+        t.add_argument("model", help="a trained encoder-decoder's model folder, or the run that exported it")
+        flags = ["data", "out", "batch_size", Flag("num_beams", name="beams"), "length_penalty"]
+        flags += ["no_repeat_ngram_size", "max_new_tokens", "limit", "device"]
+        add_config_arguments(t, Seq2SeqEvalConfig, flags)
+        t.set_defaults(func=run_seq2seq, task=task)
+
     n = tasks.add_parser("ner", help="entity-level precision/recall/F1 per type, token accuracy (CoNLL)")
     n.add_argument("model", help="a fine-tuned tagger's model folder, or the run folder that exported it")
     add_config_arguments(n, NerEvalConfig, ["data", "out", "batch_size", "max_len", "device"])
     n.set_defaults(func=run_ner)
+
+
+SEQ2SEQ = {
+    "translate": "generate translations (beam search) and score them: sacreBLEU BLEU and chrF",
+    "summarize": "generate summaries (beam search) and score them: ROUGE-1/2/L/Lsum (stemmed)",
+}
 
 
 def report_name(task: str, data: str) -> str:
@@ -129,5 +145,34 @@ def run_qa(args: argparse.Namespace) -> int:
     name = report_name("qa", cfg.data)
     paths = write_qa_report(report, questions, predictions, cfg.out or folder.resolve().parent, name)
     print(f"exact match {report['exact_match']:.2f}  F1 {report['f1']:.2f}  ({len(questions)} questions)")
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def run_seq2seq(args: argparse.Namespace) -> int:
+    """Translate or summarize every source of a file of pairs; print the scores and write the report and
+    the outputs beside the model folder, i.e. in its run folder, or in --out."""
+    from lmforge.evaluate.classify import model_folder
+    from lmforge.evaluate.seq2seq import (
+        evaluate_pairs,
+        format_report,
+        load_seq2seq,
+        read_eval_pairs,
+        write_report,
+    )
+
+    cfg = config_from_args(Seq2SeqEvalConfig, args)
+    model, tokenizer, meta = load_seq2seq(args.model, cfg.device)
+    pairs = read_eval_pairs(cfg, meta)
+    report, outputs = evaluate_pairs(model, tokenizer, pairs, cfg, args.task, meta)
+    folder = model_folder(args.model)
+    report = {"model": str(folder), "data": cfg.data, **report}
+    paths = write_report(
+        report,
+        outputs,
+        Path(cfg.out) if cfg.out else folder.resolve().parent,
+        report_name(args.task, cfg.data),
+    )
+    print(format_report(report))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0

@@ -1,4 +1,5 @@
-"""``lmforge generate``: continue prompts with a trained model."""
+"""``lmforge generate``: continue prompts with a trained decoder, or translate/summarize them with an
+encoder-decoder."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ FLAGS = [
     "seed",
     "stream",
     Flag("truncate", const="left"),
+    Flag("num_beams", name="beams"),
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "min_new_tokens",
     "device",
     "dtype",
 ]
@@ -60,6 +66,19 @@ def _print_stream(model: nn.Module, tokenizer: Tokenizer, cfg: GenerateConfig) -
     sys.stdout.write("\n")
 
 
+def _print_targets(model: nn.Module, tokenizer: Tokenizer, cfg: GenerateConfig) -> None:
+    """An encoder-decoder's output for each prompt (its source): the translation or summary alone."""
+    from lmforge.errors import LmforgeError
+    from lmforge.infer.seq2seq import translate
+
+    if cfg.stream:
+        raise LmforgeError("--stream: an encoder-decoder's output is printed whole (drop --stream)")
+    for i, text in enumerate(translate(model, tokenizer, cfg.prompt, cfg)):
+        if len(cfg.prompt) > 1:
+            print(f"--- [{i}] {cfg.prompt[i]}")
+        print(text)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -75,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model_dir, device=device, dtype=pick_dtype(cfg.dtype, device))
     if tokenizer is None:
         raise LmforgeError(f"{args.model_dir}: the model folder has no tokenizer.json")
+    if model.config.arch == "seq2seq":
+        _print_targets(model, tokenizer, cfg)
+        return 0
     if cfg.stream:
         _print_stream(model, tokenizer, cfg)
         return 0

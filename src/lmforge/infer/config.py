@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmforge.config import require
+from lmforge.config import ConfigError, require
 from lmforge.infer.sampling import GenerationConfig
 
 
@@ -22,6 +22,8 @@ class GenerateConfig(GenerationConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self, "prompt")
+        if self.stream and self.num_beams > 1:
+            raise ConfigError("stream=true needs num_beams=1: beam search has no final token until it ends")
         self.stop = [unescape(s) for s in self.stop]
 
 

@@ -3,7 +3,8 @@
 x_{t+1} ~ p(. | x_<=t): the prompt runs once through the model (prefill) and fills the cache; each
 decode step then feeds one new token per sequence and attends over the cached keys and values.
 ``generate``, ``complete``, ``stream_batch`` and ``decode_steps`` add their prompts to an ``Engine``
-(infer/engine.py) and step it until every row is done.
+(infer/engine.py) and step it until every row is done; with ``num_beams > 1``, ``generate_ids``,
+``complete`` and ``generate`` run beam search (infer/beam.py) instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
+from lmforge.infer.beam import DecoderStepper, Hypothesis, beam_search
+from lmforge.infer.detok import CONTEXT
 from lmforge.infer.engine import Engine, StepOutput
 from lmforge.infer.sampling import GenerationConfig, SamplingParams
 from lmforge.models.gpt import GPT
@@ -66,8 +69,17 @@ def decode_steps(
     mode: how the engine decodes (``Engine``'s modes: eager, static, compiled, graph); "auto" is
     "graph" on CUDA and "eager" elsewhere.
     """
+    _refuse_beams(cfg)
     prompts = fit_prompts(prompts, cfg, model.config.max_seq_len)
     return _closed_batch(_token_steps(model, prompts, cfg, eos_id, mode), len(prompts), eos_id, pad_id)
+
+
+def _refuse_beams(cfg: GenerationConfig) -> None:
+    if cfg.num_beams > 1:
+        raise LmforgeError(
+            f"num_beams={cfg.num_beams}: beam search cannot stream, its tokens are final only when it ends; "
+            "use generate, complete or generate_ids"
+        )
 
 
 def _token_steps(
@@ -112,13 +124,23 @@ def _closed_batch(
 def generate_ids(
     model: GPT, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int | None = None, mode: str = "auto"
 ) -> list[list[int]]:
-    """New token ids for each prompt (eos not included); ``mode`` as in ``decode_steps``."""
+    """New token ids for each prompt (eos not included); ``mode`` as in ``decode_steps`` (for the engine:
+    beam search runs eagerly)."""
     prompts = fit_prompts(prompts, cfg, model.config.max_seq_len)
+    if cfg.num_beams > 1:
+        return [h.token_ids for h in _beam_search(model, prompts, cfg, eos_id)]
     new: list[list[int]] = [[] for _ in prompts]
     for outputs in _token_steps(model, prompts, cfg, eos_id if cfg.stop_at_eos else None, mode):
         for row, out in outputs:
             new[row] += out.token_ids
     return new
+
+
+def _beam_search(
+    model: GPT, prompts: list[list[int]], cfg: GenerationConfig, eos_id: int | None
+) -> list[Hypothesis]:
+    eos_id = eos_id if cfg.stop_at_eos else None
+    return beam_search(DecoderStepper(model, prompts, cfg.max_new_tokens), prompts, cfg, eos_id)
 
 
 def _encode_prompts(tokenizer: Tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -145,6 +167,7 @@ def stream_batch(
 ) -> Iterator[tuple[int, str]]:
     """Yield (row, text delta) as tokens arrive; a stop string ends its row and is not emitted."""
     cfg = cfg or GenerationConfig(**kwargs)
+    _refuse_beams(cfg)
     encoded = fit_prompts(_encode_prompts(tokenizer, prompts), cfg, model.config.max_seq_len)
     for row, out in _run_text(model, tokenizer, encoded, cfg):
         if out.text:
@@ -157,6 +180,8 @@ def complete(
     """Complete each prompt; returns text, token ids and why each one stopped."""
     cfg = cfg or GenerationConfig(**kwargs)
     encoded = fit_prompts(_encode_prompts(tokenizer, prompts), cfg, model.config.max_seq_len)
+    if cfg.num_beams > 1:
+        return _complete_beams(model, tokenizer, encoded, cfg)
     texts: list[list[str]] = [[] for _ in prompts]
     done = [Completion("", [], "length", len(ids)) for ids in encoded]
     for row, out in _run_text(model, tokenizer, encoded, cfg):
@@ -165,6 +190,19 @@ def complete(
         done[row].finish_reason = out.finish_reason or done[row].finish_reason
     for c, parts in zip(done, texts):
         c.text = "".join(parts)
+    return done
+
+
+def _complete_beams(
+    model: GPT, tokenizer: Tokenizer, encoded: list[list[int]], cfg: GenerationConfig
+) -> list[Completion]:
+    """``complete`` by beam search: a hypothesis shorter than max_new_tokens ended with eos."""
+    done = []
+    for prompt, h in zip(encoded, _beam_search(model, encoded, cfg, tokenizer.eos_id)):
+        context = prompt[-CONTEXT:]  # decoded with the new tokens, so the first one reads as mid-text
+        text = tokenizer.decode(context + h.token_ids)[len(tokenizer.decode(context)) :]
+        reason = "length" if len(h.token_ids) == cfg.max_new_tokens else "stop"
+        done.append(Completion(text, h.token_ids, reason, len(prompt)))
     return done
 
 

@@ -1,7 +1,8 @@
 """From next-token logits to a chosen token: penalties, temperature, top-k, top-p (nucleus), sampling.
 
 The order is the usual one (and that of ``transformers``): repetition penalty, temperature, top-k,
-top-p, then sample; temperature 0 means greedy argmax.
+top-p, then sample; temperature 0 means greedy argmax. ``GenerationConfig`` also holds the settings of
+beam search (``num_beams`` > 1, infer/beam.py), which is deterministic and leaves sampling at its defaults.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ class GenerationConfig:
     stop_at_eos: bool = True
     seed: int | None = None
     truncate: Literal["error", "left"] = "error"  # a prompt too long for the context window
+    num_beams: int = 1  # > 1: beam search (deterministic: leave the sampling settings at their defaults)
+    length_penalty: float = 1.0  # beams score log p(y|x) / |y|^length_penalty: > 0 favours longer outputs
+    early_stopping: bool | Literal["never"] = False  # beams: true, false (heuristic) or never; infer/beam.py
+    no_repeat_ngram_size: int = 0  # beams: no n-gram of this size twice in prompt + output (0: off)
+    min_new_tokens: int = 0  # beams: eos is barred before this many new tokens
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -40,6 +46,35 @@ class GenerationConfig:
             raise ConfigError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        self._check_beams()
+
+    def _check_beams(self) -> None:
+        if self.num_beams < 1:
+            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens} "
+                f"(max_new_tokens={self.max_new_tokens})"
+            )
+        if self.num_beams == 1:
+            if self.no_repeat_ngram_size or self.min_new_tokens:
+                raise ConfigError("no_repeat_ngram_size and min_new_tokens need beam search (num_beams > 1)")
+            return
+        sampling = {
+            "temperature": self.temperature not in (0.0, 1.0),
+            "top_k": self.top_k != 0,
+            "top_p": self.top_p != 1.0,
+            "repetition_penalty": self.repetition_penalty != 1.0,
+            "stop": bool(self.stop),
+        }
+        if any(sampling.values()):
+            raise ConfigError(
+                f"beam search (num_beams={self.num_beams}) is deterministic and takes neither sampling nor "
+                f"stop strings: leave {', '.join(k for k, v in sampling.items() if v)} at the default "
+                "(use no_repeat_ngram_size against repetition)"
+            )
 
     @property
     def greedy(self) -> bool:

@@ -15,12 +15,24 @@ IGNORE_INDEX = -100  # targets with this value (padding, prompt tokens, unlabell
 
 
 def cross_entropy(
-    logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
+    logits: Tensor,
+    targets: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """-log p(target) from logits (..., C) and targets (...), averaged ("mean") or summed ("sum") over the
-    targets that count; computed in fp32 whatever the logits' dtype (bf16 log-softmax loses digits)."""
+    targets that count; computed in fp32 whatever the logits' dtype (bf16 log-softmax loses digits).
+
+    ``label_smoothing`` ε (Szegedy et al.; the Transformer's 0.1): the target distribution is
+    (1 - ε) on the label plus ε/C on every class, so the loss is (1 - ε)·CE + ε·mean_c(-log p_c).
+    """
     return F.cross_entropy(
-        logits.flatten(0, -2).float(), targets.flatten(), ignore_index=ignore_index, reduction=reduction
+        logits.flatten(0, -2).float(),
+        targets.flatten(),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
     )
 
 

@@ -24,6 +24,8 @@ TASKS = {
     "classify": "text classification: one label per text (TSV/CSV/JSONL)",
     "ner": "token classification: BIO tags per word (CoNLL columns), e.g. named entities",
     "qa": "extractive question answering: an answer span of a context (SQuAD JSON)",
+    "translate": "translation with an encoder-decoder: source -> target text (TSV, JSONL, PREFIX.src/.tgt)",
+    "summarize": "summarization with an encoder-decoder: document -> summary (JSONL, TSV)",
 }
 # Fine-tuning's usual settings, for the keys that the --config file, key=value and flags leave unset.
 FINETUNE_DEFAULTS: dict[str, Any] = {
@@ -38,8 +40,29 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "ckpt_every": 1000,
 }
 # Per task, what differs from those: QA windows hold a question and a context (BERT's SQuAD setting).
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {"qa": {"task.max_len": 384, "task.stride": 128}}
-FLAGS = {"model": "task.model", "train": "task.train", "dev": "task.dev", "out": "out_dir"}
+# Encoder-decoders: from scratch unless --model, so a from-scratch learning rate, the paper's label
+# smoothing 0.1 and Adam beta2 0.98 (give optim.lr=5e-5 or so when fine-tuning a pretrained --model).
+SEQ2SEQ_DEFAULTS = {
+    "model.arch": "seq2seq",
+    "task.label_smoothing": 0.1,
+    "optim.lr": 5e-4,
+    "optim.beta2": 0.98,
+    "optim.warmup_steps": 500,
+}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qa": {"task.max_len": 384, "task.stride": 128},
+    "translate": SEQ2SEQ_DEFAULTS,
+    "summarize": {**SEQ2SEQ_DEFAULTS, "task.src": "dialogue", "task.tgt": "summary", "task.max_len": 512},
+}
+FLAGS = {
+    "model": "task.model",
+    "train": "task.train",
+    "dev": "task.dev",
+    "out": "out_dir",
+    "src": "task.src",
+    "tgt": "task.tgt",
+}
+PAIR_FLAGS = ("src", "tgt")  # translate and summarize only
 
 
 @dataclass
@@ -76,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             f"{task}; see docs/finetuning.md). Defaults for the keys left unset:\n{defaults}",
         )
         for flag, key in FLAGS.items():
-            p.add_argument(f"--{flag}", dest=f"set_{flag}", metavar=flag.upper(), help=f"sets {key}")
+            if flag not in PAIR_FLAGS or task in ("translate", "summarize"):
+                p.add_argument(f"--{flag}", dest=f"set_{flag}", metavar=flag.upper(), help=f"sets {key}")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
         add_config_arguments(p, TrainConfig)
         p.set_defaults(func=run_finetune, task=task)
@@ -119,7 +143,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     values = dict(getattr(args, "config_flags", {}))
     values |= {
-        key: getattr(args, f"set_{flag}") for flag, key in FLAGS.items() if getattr(args, f"set_{flag}")
+        key: getattr(args, f"set_{flag}") for flag, key in FLAGS.items() if getattr(args, f"set_{flag}", None)
     }
     overrides, path = [*args.overrides, *getattr(args, "config_settings", [])], args.config
     if args.resume:

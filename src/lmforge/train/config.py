@@ -13,6 +13,7 @@ from typing import Literal
 from lmforge.config import ConfigError
 from lmforge.models.bert import BertConfig
 from lmforge.models.gpt import GPTConfig
+from lmforge.models.seq2seq import Seq2SeqConfig
 from lmforge.models.task import TEXT_FIELDS, TaskConfig
 
 
@@ -61,7 +62,8 @@ class MaskingConfig:
 
 @dataclass
 class FinetuneConfig:
-    """What a task objective (classify, ner, qa) fine-tunes on, and which of its models it keeps."""
+    """What a task objective (classify, ner, qa, translate, summarize) fine-tunes on, and which of its
+    models it keeps."""
 
     model: str = ""  # pretrained lmforge model folder (bert or gpt) to start from; "": model.backbone, random
     tokenizer: str = ""  # folder holding the tokenizer when training from scratch (default: task.model's)
@@ -74,6 +76,14 @@ class FinetuneConfig:
     stride: int = 128  # qa: context tokens shared by consecutive windows of a long context
     max_answer_tokens: int = 30  # qa: longest answer span considered
     class_weights: bool = False  # weight each example's loss by n / (k · n_label): every label counts alike
+    src: str = ""  # translate/summarize: the source language or field (de; dialogue), see read_pairs
+    tgt: str = ""  # translate/summarize: the target language or field (en; summary)
+    columns: list[str] = field(default_factory=list)  # a TSV's column names ([]: src, tgt)
+    max_target_len: int = 128  # translate/summarize: target tokens, eos included; longer ones are cut
+    label_smoothing: float = 0.0  # translate/summarize: the paper's 0.1 spreads that mass over the vocabulary
+    vocab_size: int = 8000  # translate/summarize from scratch: the joint BPE trained on both sides
+    dev_generate: bool = True  # translate/summarize: greedy-decode the dev set at every evaluation
+    bleu_tokenize: str = ""  # translate: sacreBLEU's tokenizer; "": zh for a zh target, else 13a
     monitor: str = ""  # for keep_best and early stopping; "": the objective's first (val_acc, val_f1)
     keep_best: bool = True  # export the model of the best dev evaluation (by monitor), not the last one
 
@@ -82,6 +92,8 @@ class FinetuneConfig:
             raise ConfigError(f"task.max_len must be at least 3, got {self.max_len}")
         if self.stride < 0 or self.max_answer_tokens < 1:
             raise ConfigError("task.stride must be >= 0 and task.max_answer_tokens positive")
+        if self.max_target_len < 2 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError("task.max_target_len must be at least 2 and 0 <= task.label_smoothing < 1")
 
 
 @dataclass
@@ -106,7 +118,7 @@ class TrainConfig:
     objective: str = "causal_lm"  # a registered objective (train/objective.py) or 'package.module:Class'
     # model.arch names the family (gpt: GPT-2/Llama decoders, bert: encoders, task: a backbone with a task
     # head); vocab_size comes from the shards' (or the task's) tokenizer
-    model: GPTConfig | BertConfig | TaskConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | BertConfig | TaskConfig | Seq2SeqConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective=mlm only
@@ -150,8 +162,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
         if self.fit_schedule_to_time and self.max_minutes is None:
             raise ConfigError("fit_schedule_to_time needs max_minutes (the time to fit the schedule to)")
-        if self.objective in ("causal_lm", "mlm") and isinstance(self.model, TaskConfig):
-            raise ConfigError(f"objective={self.objective} pretrains a gpt or bert model, not arch task")
+        if self.objective in ("causal_lm", "mlm") and not isinstance(self.model, GPTConfig | BertConfig):
+            raise ConfigError(
+                f"objective={self.objective} pretrains a gpt or bert model, not arch {self.model.arch}"
+            )
         if self.objective in ("causal_lm", "mlm") and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"

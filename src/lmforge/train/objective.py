@@ -95,6 +95,8 @@ _OBJECTIVES = {
     "classify": "lmforge.tasks.classify:Classify",
     "ner": "lmforge.tasks.ner:TagTokens",
     "qa": "lmforge.tasks.qa:ExtractSpans",
+    "translate": "lmforge.tasks.seq2seq:Translate",
+    "summarize": "lmforge.tasks.seq2seq:Summarize",
 }
 
 

@@ -1,0 +1,159 @@
+"""Generation with an encoder-decoder: y ~ p(y | x) = prod_t p(y_t | y_<t, x).
+
+The source runs once through the encoder; each decoder layer's cross-attention keys and values of it
+are computed once too (``Seq2Seq.memory_kv``), and the target grows one token per step on the decoder's
+KV cache. Greedy, sampling and beam search (``infer/beam.py``) drive the same ``Seq2SeqStepper``.
+Sources are batched by length, so a batch pads little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from lmforge.errors import LmforgeError
+from lmforge.infer.sampling import GenerationConfig, SamplingParams, sample_rows
+from lmforge.models.seq2seq import Seq2Seq
+from lmforge.tokenizer.core import Tokenizer
+
+
+class Seq2SeqStepper:
+    """The ``Stepper`` of beam search (and of greedy and sampled decoding) for an encoder-decoder: one row
+    per hypothesis, each starting from the model's decoder start token."""
+
+    def __init__(self, model: Seq2Seq, sources: list[list[int]], max_new_tokens: int):
+        self.model, self.max_new_tokens = model, max_new_tokens
+        device = model.lm_head.weight.device
+        longest = max(map(len, sources))
+        ids = torch.zeros(len(sources), longest, dtype=torch.long, device=device)
+        for i, s in enumerate(sources):
+            ids[i, : len(s)] = torch.tensor(s, device=device)
+        self.valid = (
+            torch.arange(longest, device=device)[None]
+            < torch.tensor(list(map(len, sources)), device=device)[:, None]
+        )
+        self.memory = model.memory_kv(model.encode(ids, self.valid))
+        self.group = torch.arange(len(sources), device=device)  # the source each row decodes
+
+    def _rows(self, rows: Tensor) -> None:
+        """Keep row ``rows[i]`` as row i: its source's memory and mask (only when the sources change)."""
+        group = self.group[rows]
+        if not torch.equal(group, self.group):
+            self.memory = [(k[rows], v[rows]) for k, v in self.memory]
+            self.valid, self.group = self.valid[rows], group
+
+    def start(self, beams: int) -> Tensor:
+        n = len(self.group)
+        self._rows(torch.arange(n, device=self.group.device).repeat_interleave(beams))
+        self.cache = self.model.new_cache(n * beams, self.max_new_tokens + 1)
+        start = torch.full((n * beams, 1), self.model.config.decoder_start_id, device=self.group.device)
+        return self._logits(start)
+
+    def step(self, tokens: Tensor, parents: Tensor) -> Tensor:
+        self._rows(parents)
+        self.cache.reorder(parents)
+        return self._logits(tokens[:, None])
+
+    def _logits(self, tokens: Tensor) -> Tensor:
+        return self.model.decode(tokens, self.memory, self.valid, cache=self.cache)[:, -1].float()
+
+
+def encode_sources(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """Token ids of each source, ending in eos (the end of the source, as the model was trained; a
+    tokenizer whose template adds eos already gets no second one), cut to ``max_len``."""
+    eos = tokenizer.eos_id
+    out = []
+    for ids in tokenizer.encode_batch(texts):
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = [*ids, eos]
+        out.append(ids[: max_len - 1] + ids[-1:] if len(ids) > max_len else ids)
+    return out
+
+
+@torch.no_grad()
+def sample_ids(
+    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None
+) -> list[list[int]]:
+    """Greedy (temperature 0) or sampled targets for a batch of sources, eos not included."""
+    stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens)
+    params = SamplingParams.from_config(cfg)
+    params.seed = None
+    generators = [None] * len(sources)
+    if cfg.seed is not None and not cfg.greedy:
+        generators = [
+            torch.Generator(model.lm_head.weight.device).manual_seed(cfg.seed + i)
+            for i in range(len(sources))
+        ]
+    n, vocab = len(sources), model.config.vocab_size
+    seen = torch.zeros(n, vocab, dtype=torch.bool, device=stepper.group.device)
+    counts = torch.zeros(n, vocab, device=stepper.group.device)
+    out: list[list[int]] = [[] for _ in sources]
+    done = torch.zeros(n, dtype=torch.bool)
+    rows = torch.arange(n, device=stepper.group.device)
+    logits = stepper.start(1)
+    for step in range(cfg.max_new_tokens):
+        tokens = sample_rows(logits, [params] * n, generators, seen, counts)
+        for i, t in enumerate(tokens.tolist()):
+            if done[i]:
+                continue
+            if t == eos_id and cfg.stop_at_eos:
+                done[i] = True
+            else:
+                out[i].append(t)
+        if done.all() or step == cfg.max_new_tokens - 1:  # the last token is never fed back
+            break
+        seen[rows, tokens] = True
+        counts[rows, tokens] += 1
+        logits = stepper.step(tokens, rows)
+    return out
+
+
+def generate_ids(
+    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None
+) -> list[list[int]]:
+    """Targets for ``sources``: beam search with ``cfg.num_beams`` > 1, else greedy or sampling."""
+    if cfg.num_beams > 1:
+        from lmforge.infer.beam import beam_search
+
+        stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens)
+        start = [[model.config.decoder_start_id] for _ in sources]
+        return [h.token_ids for h in beam_search(stepper, start, cfg, eos_id)]
+    return sample_ids(model, sources, cfg, eos_id)
+
+
+def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of similar length (longest first, so memory peaks at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def translate(
+    model: Seq2Seq,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    cfg: GenerationConfig | None = None,
+    batch_size: int = 32,
+    max_source_len: int | None = None,
+    **kwargs,
+) -> list[str]:
+    """The generated target text for each source text (translation, summarization), in input order."""
+    cfg = cfg or GenerationConfig(**kwargs)
+    if tokenizer.eos_id is None:
+        raise LmforgeError("the tokenizer has no eos token: an encoder-decoder needs one to end a target")
+    sources = encode_sources(tokenizer, texts, max_source_len or model.config.max_seq_len)
+    if cfg.max_new_tokens > model.config.max_seq_len:
+        raise LmforgeError(
+            f"max_new_tokens={cfg.max_new_tokens} exceeds the model's "
+            f"{model.config.max_seq_len} target positions"
+        )
+    outputs: list[str] = [""] * len(texts)
+    for index in _batches([len(s) for s in sources], batch_size):
+        ids = generate_ids(
+            model, [sources[i] for i in index], cfg, tokenizer.eos_id if cfg.stop_at_eos else None
+        )
+        for i, new in zip(index, ids):
+            outputs[i] = tokenizer.decode(new)
+    return outputs

@@ -1,0 +1,170 @@
+"""Beam search: one beam is greedy; k beams match transformers' beam search token for token, with the
+length penalty, each early_stopping rule, no_repeat_ngram_size and min_new_tokens, over a left-padded
+batch whose hypotheses end early."""
+
+from functools import cache
+from itertools import pairwise
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmforge.cli import main
+from lmforge.config import ConfigError, load_config
+from lmforge.errors import LmforgeError
+from lmforge.hf.gpt2 import GPT2Adapter
+from lmforge.infer.beam import DecoderStepper, beam_search
+from lmforge.infer.config import GenerateConfig
+from lmforge.infer.generate import complete, generate_ids, stream_batch
+from lmforge.infer.sampling import GenerationConfig
+from lmforge.models.gpt import GPT
+from lmforge.models.io import load_model
+
+EOS, NEW = 5, 12
+PROMPTS = [[1, 2, 3, 4], [7, 8], [9, 10, 11, 12, 13, 14]]
+REPEATING = [[4, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4], [7, 8]]  # bigrams the model would repeat
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run many small ops: one thread beats waking a pool (on a busy machine) for each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@cache
+def models() -> tuple[GPT2LMHeadModel, GPT]:
+    """A tiny random GPT-2 whose final-norm bias leans towards eos, so hypotheses end at many lengths,
+    and the same weights as an lmforge GPT."""
+    torch.manual_seed(2)
+    config = GPT2Config(
+        vocab_size=48, n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3,
+        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS,
+    )  # fmt: skip
+    hf = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        eos = hf.transformer.wte.weight[EOS]
+        hf.transformer.ln_f.bias.add_(2.0 * eos / eos.norm())
+    adapter = GPT2Adapter()
+    ours_config = adapter.config_from_hf(config.to_dict())
+    model = GPT(ours_config).eval()
+    model.load_state_dict(adapter.state_from_hf(hf.state_dict(), ours_config), strict=False)  # lm_head: tied
+    return hf, model
+
+
+def beams(prompts: list[list[int]], **settings) -> tuple[list[list[int]], list[float]]:
+    cfg = GenerationConfig(max_new_tokens=NEW, **settings)
+    found = beam_search(DecoderStepper(models()[1], prompts, NEW), prompts, cfg, EOS)
+    return [h.token_ids for h in found], [h.score for h in found]
+
+
+def hf_beams(prompts: list[list[int]], **settings) -> tuple[list[list[int]], list[float]]:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[EOS] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = models()[0].generate(
+        ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW, pad_token_id=EOS, eos_token_id=EOS,
+        output_scores=True, return_dict_in_generate=True, **settings,
+    )  # fmt: skip
+    rows = out.sequences[:, width:].tolist()
+    return [r[: r.index(EOS)] if EOS in r else r for r in rows], out.sequences_scores.tolist()
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_one_beam_is_greedy(early_stopping):
+    greedy = generate_ids(models()[1], PROMPTS, GenerationConfig(max_new_tokens=NEW, temperature=0), EOS)
+    assert any(len(g) < NEW for g in greedy)  # eos ended some rows
+    assert beams(PROMPTS, num_beams=1, temperature=0, early_stopping=early_stopping)[0] == greedy
+
+
+SETTINGS = [
+    {"num_beams": 2, "length_penalty": 1.0, "early_stopping": False},
+    {"num_beams": 2, "length_penalty": 1.0, "early_stopping": "never"},
+    {"num_beams": 2, "length_penalty": 2.0, "early_stopping": True},
+    {"num_beams": 4, "length_penalty": 0.6, "early_stopping": False},
+    {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True},
+    {"num_beams": 4, "length_penalty": 1.0, "early_stopping": "never"},
+    {"num_beams": 4, "length_penalty": 2.0, "early_stopping": False},
+    {"num_beams": 3, "length_penalty": 2.0, "early_stopping": "never"},
+    {"num_beams": 3, "no_repeat_ngram_size": 2},
+    {"num_beams": 3, "no_repeat_ngram_size": 3, "early_stopping": True},
+    {"num_beams": 4, "early_stopping": True, "min_new_tokens": 3},
+]
+CASES = [(PROMPTS, s) for s in SETTINGS] + [(REPEATING, {"num_beams": 3, "no_repeat_ngram_size": 2})]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "settings"),
+    [pytest.param(p, s, id=",".join(f"{k}={v}" for k, v in s.items())) for p, s in CASES],
+)
+def test_matches_transformers_beam_search(prompts, settings):
+    ours, scores = beams(prompts, **settings)
+    theirs, hf_scores = hf_beams(prompts, **settings)
+    assert ours == theirs
+    assert scores == pytest.approx(hf_scores, abs=1e-5)
+
+
+def test_the_settings_shape_the_search():
+    """What the parity test relies on: on these prompts each setting changes the outcome."""
+    rules = [beams(PROMPTS, num_beams=2, early_stopping=e)[0] for e in (True, False, "never")]
+    assert [[len(s) for s in r] for r in rules] == [[2, 12, 8], [3, 12, 8], [7, 12, 8]]  # eos, early
+    lengths = [sum(map(len, beams(PROMPTS, num_beams=4, length_penalty=a)[0])) for a in (0.6, 1.0, 2.0)]
+    assert lengths[0] < lengths[1] < lengths[2]  # a larger length penalty favours longer hypotheses
+    at_least = [beams(PROMPTS, num_beams=4, early_stopping=True, min_new_tokens=m)[0] for m in (2, 3, 4)]
+    assert len({str(r) for r in at_least}) == 3 and min(len(s) for s in at_least[1]) >= 3
+    assert beams(PROMPTS, num_beams=3, no_repeat_ngram_size=2)[0] != beams(PROMPTS, num_beams=3)[0]
+    for prompt, new in zip(REPEATING, beams(REPEATING, num_beams=3, no_repeat_ngram_size=2)[0]):
+        seq = prompt + new
+        assert len(set(pairwise(seq))) == len(seq) - 1
+    cfg = GenerationConfig(max_new_tokens=NEW, num_beams=3, no_repeat_ngram_size=2)
+    unseen = beam_search(DecoderStepper(models()[1], REPEATING, NEW), [[]] * len(REPEATING), cfg, EOS)
+    seen = beams(REPEATING, num_beams=3, no_repeat_ngram_size=2)[0]
+    assert [h.token_ids for h in unseen] != seen  # the prompt's bigrams count
+    # each prompt alone: the batch (padding, dropping the rows of prompts done early) changes nothing
+    assert [beams([p], num_beams=4)[0][0] for p in PROMPTS] == beams(PROMPTS, num_beams=4)[0]
+
+
+def test_beam_settings_are_checked_and_parsed():
+    for bad in (
+        {"num_beams": 0},
+        {"num_beams": 2, "temperature": 0.7},
+        {"num_beams": 2, "top_k": 5},
+        {"num_beams": 2, "stop": ["\n"]},
+        {"no_repeat_ngram_size": 2},  # one beam: sampling or greedy, which do not apply it
+        {"num_beams": 2, "min_new_tokens": NEW + 1},
+    ):
+        with pytest.raises(ConfigError):
+            GenerationConfig(max_new_tokens=NEW, **bad)
+    GenerationConfig(num_beams=2, temperature=0)  # greedy's temperature is deterministic too
+    load = lambda *kv: load_config(GenerateConfig, overrides=["prompt=[x]", *kv])  # noqa: E731
+    assert load("early_stopping=never").early_stopping == "never"
+    assert load("early_stopping=true").early_stopping is True
+    with pytest.raises(ConfigError, match="early_stopping"):
+        load("early_stopping=sometimes")
+    with pytest.raises(ConfigError, match="stream"):
+        load("num_beams=2", "stream=true")
+
+
+def test_cli_beams(lmf_gpt2_dir, capsys):
+    model, tok = load_model(lmf_gpt2_dir)
+    prompts = ["def f(x):", "import"]
+    cfg = GenerationConfig(
+        max_new_tokens=8, num_beams=3, length_penalty=0.8, early_stopping="never", no_repeat_ngram_size=2
+    )
+    expected = complete(model, tok, prompts, cfg)
+    ids = generate_ids(model, [tok.encode(p) for p in prompts], cfg, tok.eos_id)
+    assert [c.token_ids for c in expected] == ids
+    assert expected != complete(model, tok, prompts, max_new_tokens=8, temperature=0)
+    args = ["generate", str(lmf_gpt2_dir), "--prompt", prompts[0], "--prompt", prompts[1], "--beams", "3"]
+    flags = ["--max-new-tokens", "8", "--length-penalty", "0.8", "--early-stopping", "never"]
+    flags += ["--no-repeat-ngram-size", "2"]
+    assert main([*args, *flags]) == 0
+    out = capsys.readouterr().out
+    for p, c in zip(prompts, expected):
+        assert f"({c.finish_reason}, {len(c.token_ids)} tokens)\n{p}{c.text}\n" in out
+    assert main([*args, "--stream"]) == 2
+    assert "stream" in capsys.readouterr().err
+    with pytest.raises(LmforgeError, match="stream"):
+        list(stream_batch(model, tok, prompts, cfg))
