@@ -37,19 +37,15 @@ def lmforge(*args: str) -> str:
 
 
 def curve(run: Path, metric: str) -> list[dict[str, float]]:
-    """(minutes, step, dev metric) at each evaluation: the elapsed time of the training record logged at
-    the same step (evaluations run right after it)."""
+    """(minutes, step, dev metric) at each evaluation; minutes: the wall time of the last training record
+    at or before that step (the evaluation runs right after it)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    elapsed = {r["step"]: r["elapsed_s"] for r in rows if "elapsed_s" in r}
-    return [
-        {
-            "minutes": round(elapsed.get(r["step"], float("nan")) / 60, 1),
-            "step": r["step"],
-            metric: round(r[metric], 2),
-        }
-        for r in rows
-        if metric in r
-    ]
+    points, elapsed = [], 0.0
+    for r in rows:
+        elapsed = r.get("elapsed_s", elapsed)
+        if metric in r:
+            points.append({"minutes": round(elapsed / 60, 1), "step": r["step"], metric: round(r[metric], 2)})
+    return points
 
 
 def train(task: str, run: Path, minutes: float, extra: list[str]) -> None:

@@ -11,6 +11,16 @@ import torch
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run many small ops: one thread beats waking a pool for each, and is immune to a busy
+    machine's thread contention (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     d = SHARED / "data"

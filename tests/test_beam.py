@@ -25,13 +25,7 @@ PROMPTS = [[1, 2, 3, 4], [7, 8], [9, 10, 11, 12, 13, 14]]
 REPEATING = [[4, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4], [7, 8]]  # bigrams the model would repeat
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops: one thread beats waking a pool (on a busy machine) for each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @cache

@@ -14,12 +14,7 @@ from lmforge.models.io import load_model
 PROMPTS = [[5, 17, 42, 99, 7, 250, 3], [11, 12], [200, 150, 100, 50, 25], [9], [31, 41, 59, 26]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(engine: Engine, arrivals: dict[int, list[tuple[list[int], SamplingParams]]]) -> dict:

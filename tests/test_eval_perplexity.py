@@ -16,14 +16,7 @@ from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.io import save_model
 from lmforge.tokenizer.shards import TokenShards, build_shards
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is fastest, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

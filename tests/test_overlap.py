@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.evaluate.overlap import bleu, chrf, rouge, split_sentences
+from lmforge.evaluate.overlap import bleu, bleu_from_statistics, bleu_statistics, chrf, rouge, split_sentences
 
 
 def test_bleu_by_hand_with_exp_smoothing():
@@ -70,6 +70,17 @@ def test_bleu_zh_tokenizer_splits_chinese_characters():
     assert (chars.sys_len, chars.precisions[0]) == (5, pytest.approx(80.0))
     assert chars.score > whole.score
     assert "tok:zh" in chars.signature and "tok:13a" in whole.signature
+
+
+def test_bleu_statistics_add_up_to_the_corpus_score():
+    """Counts of two halves, summed, give the corpus BLEU of the whole (how dev BLEU is scored in
+    batches and across processes during training)."""
+    hyps = ["the cat sat on the mat", "a dog runs", "it is raining today", "hello world"]
+    refs = ["the cat sat on a mat", "the dog runs", "it rains today", "hello there world"]
+    halves = [bleu_statistics(hyps[:2], refs[:2]), bleu_statistics(hyps[2:], refs[2:])]
+    summed = [a + b for a, b in zip(*halves)]
+    assert bleu_from_statistics(summed) == pytest.approx(bleu(hyps, refs).score, abs=1e-9)
+    assert bleu_from_statistics(halves[0]) != pytest.approx(bleu(hyps, refs).score, abs=1e-3)
 
 
 def test_chrf_by_hand():

@@ -10,6 +10,7 @@ from lmforge.hf.convert import from_hf
 from lmforge.models.io import load_model, save_model
 from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(vocab_size=61, max_seq_len=40, n_enc_layer=2, n_dec_layer=2, n_head=4, d_model=32, dropout=0.0)
 
 

@@ -13,9 +13,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
+from transformers import MarianMTModel
 
 from lmforge.cli import main
+from lmforge.infer.sampling import GenerationConfig
+from lmforge.infer.seq2seq import encode_sources, generate_ids
+from lmforge.models.io import load_model
 from lmforge.models.losses import IGNORE_INDEX, cross_entropy
+from lmforge.models.task import pad
 from lmforge.tasks.seq2seq import PairRows
 from lmforge.tokenizer.core import Tokenizer
 
@@ -98,6 +103,46 @@ def test_generate_translates_with_beams(trained, capsys):
     args = ["--prompt", "eins zwei hund", "--beams", "2", "--max-new-tokens", "20"]
     assert main(["generate", str(run / "model"), *args]) == 0
     assert capsys.readouterr().out.strip().endswith("one two dog")
+
+
+@pytest.fixture(scope="module")
+def as_marian(trained, tmp_path_factory):
+    """The trained toy model exported as a transformers MarianMTModel (post-norm, sinusoidal: Marian's
+    layout), and its lmforge twin."""
+    run, _ = trained
+    out = tmp_path_factory.mktemp("hf") / "marian"
+    assert main(["convert", "--to-hf", str(run / "model"), str(out)]) == 0
+    return MarianMTModel.from_pretrained(out).eval(), *load_model(run / "model")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(num_beams=1),
+        dict(num_beams=2, length_penalty=1.0, early_stopping=False),
+        dict(num_beams=4, length_penalty=0.6, early_stopping=True),
+        dict(num_beams=4, length_penalty=2.0, early_stopping="never"),
+        dict(num_beams=3, no_repeat_ngram_size=2, min_new_tokens=3),
+    ],
+)
+def test_decoding_equals_transformers_for_an_encoder_decoder(trained, as_marian, settings):
+    """Greedy and beam search on the trained model = transformers' generate on its Marian export, token
+    for token; max_new_tokens 5 cuts some outputs, eos ends the others."""
+    hf, model, tok = as_marian
+    texts = [line.split("\t")[0] for line in Path(trained[1]).read_text().splitlines()[:12]]
+    sources = encode_sources(tok, texts, 24)
+    cfg = GenerationConfig(max_new_tokens=5, temperature=0.0, **settings)
+    ours = generate_ids(model, sources, cfg, tok.eos_id)
+    ids, valid = pad(sources, tok.pad_id)
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=ids, attention_mask=valid.long(), max_new_tokens=5, do_sample=False,
+            eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, forced_eos_token_id=None, **settings,
+        )  # fmt: skip
+    theirs = [row[: row.index(tok.eos_id)] if tok.eos_id in row else row for row in out[:, 1:].tolist()]
+    theirs = [[t for t in row if t != tok.pad_id] for row in theirs]
+    assert ours == theirs
+    assert {len(t) < 5 for t in theirs} == {True, False}  # eos ended some, the limit cut others
 
 
 def test_a_joint_bpe_is_trained_on_both_sides(tmp_path):

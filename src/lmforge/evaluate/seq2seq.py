@@ -7,6 +7,7 @@ folder, i.e. in its run folder, or in ``out``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -93,14 +94,9 @@ def evaluate_pairs(
     model: Seq2Seq, tokenizer: Tokenizer, pairs: list[Pair], cfg: Seq2SeqEvalConfig, task: str, meta: dict
 ) -> tuple[dict[str, Any], list[str]]:
     """The report (scores, settings, speed) and the generated outputs, in the pairs' order."""
+    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(GenerationConfig)}
     gen = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens or meta.get("max_target_len", 128),
-        temperature=cfg.temperature,
-        num_beams=cfg.num_beams,
-        length_penalty=cfg.length_penalty,
-        early_stopping=cfg.early_stopping,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-        min_new_tokens=cfg.min_new_tokens,
+        **{**settings, "max_new_tokens": cfg.max_new_tokens or meta.get("max_target_len", 128)}
     )
     start = time.perf_counter()
     outputs = translate(
