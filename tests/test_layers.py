@@ -263,8 +263,11 @@ def test_sinusoidal_positions_are_the_papers_table():
 def test_kv_cache_reorder_keeps_the_chosen_rows():
     cache = KVCache(n_layer=2, batch=3, n_kv_head=1, max_len=4, head_dim=2, dtype=torch.float32, device="cpu")
     cache.k[:, :, 0, 0, 0] = torch.tensor([10.0, 11.0, 12.0])
-    cache.reorder(torch.tensor([2, 2, 0, 1]))
-    assert cache.k[1, :, 0, 0, 0].tolist() == [12.0, 12.0, 10.0, 11.0] and cache.v.size(1) == 4
+    cache.reserve(1)  # slot 0 filled
+    cache.reorder(torch.tensor([2, 2, 0]))  # same rows count: the filled slots copied in place
+    assert cache.k[1, :, 0, 0, 0].tolist() == [12.0, 12.0, 10.0]
+    cache.reorder(torch.tensor([2, 2, 0, 1]))  # another count: a new buffer
+    assert cache.k[1, :, 0, 0, 0].tolist() == [10.0, 10.0, 12.0, 12.0] and cache.v.size(1) == 4
 
 
 def test_kv_cache_writes_both_ways():

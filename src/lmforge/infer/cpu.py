@@ -5,7 +5,9 @@ the matmul kernel streams weights from memory. ``F.linear`` on a plain bf16 weig
 of what this CPU's memory allows; the same product on a pre-packed weight (oneDNN's blocked layout,
 what ``torch.compile``'s CPU backend uses with frozen weights) is 2-3x faster and gives the same bits.
 For fp32 packing pays from about 4 rows (batch 8: 2x); below that the plain kernel is as fast.
-The packed copy shares every other tensor with the model and is rebuilt when the weights change.
+The packed copy shares every other tensor with the model and is rebuilt when the weights change, as
+their version counters tell; PyTorch's fused AdamW updates weights without bumping them, so a model that
+is still training must not be packed (``Seq2SeqStepper(pack=False)``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import weakref
 
 import torch
 from torch import Tensor, nn
-
-from lmforge.models.gpt import GPT
 
 ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
@@ -33,7 +33,7 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def packing_rows(model: GPT) -> int | None:
+def packing_rows(model: nn.Module) -> int | None:
     """From how many rows per forward a packed copy is faster: bf16 from 1 (when the CPU has bf16
     kernels), fp32 from 4; None when never: not on a CPU, no oneDNN, a model in training mode, or one
     with forward hooks, which a copy would not honour."""
@@ -47,17 +47,18 @@ def packing_rows(model: GPT) -> int | None:
     return 4 if weight.dtype == torch.float32 else None
 
 
-def _weights_version(model: GPT) -> tuple:
+def _weights_version(model: nn.Module) -> tuple:
     return tuple((id(p), p._version, p.dtype) for p in model.parameters())
 
 
 # model -> (weights version, packed copy); kept beside the model, not on it, so the model stays an
 # ordinary module (deepcopy, pickling and state_dict never meet oneDNN's opaque tensors)
-_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, GPT | None]] = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module | None]] = weakref.WeakKeyDictionary()
 
 
-def packed_for_decode(model: GPT, batch: int) -> GPT:
-    """A copy of ``model`` whose ``nn.Linear`` layers are ``PackedLinear`` (cached per model)."""
+def packed_for_decode(model: nn.Module, batch: int) -> nn.Module:
+    """A copy of ``model`` (a decoder or an encoder-decoder: anything with an ``lm_head``) whose
+    ``nn.Linear`` layers are ``PackedLinear`` (cached per model)."""
     version = _weights_version(model)
     cached = _PACKED.pop(model, None)
     if cached is not None and cached[0] == version:

@@ -14,35 +14,43 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
+from lmforge.infer.cpu import packed_for_decode, packing_rows
 from lmforge.infer.sampling import GenerationConfig, SamplingParams, sample_rows
 from lmforge.models.seq2seq import Seq2Seq
+from lmforge.models.task import pad
 from lmforge.tokenizer.core import Tokenizer
 
 
 class Seq2SeqStepper:
     """The ``Stepper`` of beam search (and of greedy and sampled decoding) for an encoder-decoder: one row
-    per hypothesis, each starting from the model's decoder start token."""
+    per hypothesis, each starting from the model's decoder start token. On a CPU, forwards of enough rows
+    run on the model's oneDNN-packed copy (``infer/cpu.py``), as the decoder engine's do; ``pack=False``
+    for a model in training, whose weights a fused optimizer changes without bumping their version
+    counters (the cached copy would go stale)."""
 
-    def __init__(self, model: Seq2Seq, sources: list[list[int]], max_new_tokens: int):
+    def __init__(self, model: Seq2Seq, sources: list[list[int]], max_new_tokens: int, pack: bool = True):
         self.model, self.max_new_tokens = model, max_new_tokens
+        self.pack_from = packing_rows(model) if pack else None
         device = model.lm_head.weight.device
-        longest = max(map(len, sources))
-        ids = torch.zeros(len(sources), longest, dtype=torch.long, device=device)
-        for i, s in enumerate(sources):
-            ids[i, : len(s)] = torch.tensor(s, device=device)
-        self.valid = (
-            torch.arange(longest, device=device)[None]
-            < torch.tensor(list(map(len, sources)), device=device)[:, None]
-        )
-        self.memory = model.memory_kv(model.encode(ids, self.valid))
+        ids, valid = (t.to(device) for t in pad(sources, 0))
+        self.valid = None if bool(valid.all()) else valid  # no padding: no mask (the faster kernels)
+        encoder = self._for_rows(int(valid.sum()))
+        self.memory = encoder.memory_kv(encoder.encode(ids, self.valid))
         self.group = torch.arange(len(sources), device=device)  # the source each row decodes
+
+    def _for_rows(self, rows: int) -> Seq2Seq:
+        """The model for a forward of ``rows`` token rows: the packed copy where it is the faster."""
+        if self.pack_from is None or rows < self.pack_from:
+            return self.model
+        return packed_for_decode(self.model, rows)
 
     def _rows(self, rows: Tensor) -> None:
         """Keep row ``rows[i]`` as row i: its source's memory and mask (only when the sources change)."""
         group = self.group[rows]
         if not torch.equal(group, self.group):
             self.memory = [(k[rows], v[rows]) for k, v in self.memory]
-            self.valid, self.group = self.valid[rows], group
+            self.valid = None if self.valid is None else self.valid[rows]
+            self.group = group
 
     def start(self, beams: int) -> Tensor:
         n = len(self.group)
@@ -57,7 +65,8 @@ class Seq2SeqStepper:
         return self._logits(tokens[:, None])
 
     def _logits(self, tokens: Tensor) -> Tensor:
-        return self.model.decode(tokens, self.memory, self.valid, cache=self.cache)[:, -1].float()
+        decoder = self._for_rows(len(tokens))
+        return decoder.decode(tokens, self.memory, self.valid, cache=self.cache)[:, -1].float()
 
 
 def encode_sources(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -74,10 +83,10 @@ def encode_sources(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list
 
 @torch.no_grad()
 def sample_ids(
-    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None
+    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None, pack: bool = True
 ) -> list[list[int]]:
     """Greedy (temperature 0) or sampled targets for a batch of sources, eos not included."""
-    stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens)
+    stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens, pack)
     params = SamplingParams.from_config(cfg)
     params.seed = None
     generators = [None] * len(sources)
@@ -111,16 +120,17 @@ def sample_ids(
 
 
 def generate_ids(
-    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None
+    model: Seq2Seq, sources: list[list[int]], cfg: GenerationConfig, eos_id: int | None, pack: bool = True
 ) -> list[list[int]]:
-    """Targets for ``sources``: beam search with ``cfg.num_beams`` > 1, else greedy or sampling."""
+    """Targets for ``sources``: beam search with ``cfg.num_beams`` > 1, else greedy or sampling;
+    ``pack`` as in ``Seq2SeqStepper``."""
     if cfg.num_beams > 1:
         from lmforge.infer.beam import beam_search
 
-        stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens)
+        stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens, pack)
         start = [[model.config.decoder_start_id] for _ in sources]
         return [h.token_ids for h in beam_search(stepper, start, cfg, eos_id)]
-    return sample_ids(model, sources, cfg, eos_id)
+    return sample_ids(model, sources, cfg, eos_id, pack)
 
 
 def _batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:

@@ -170,7 +170,8 @@ class Seq2SeqTask(TaskObjective):
         valid = batch["src_valid"]
         sources = [row[m].tolist() for row, m in zip(batch["src"], valid)]
         cfg = GenerationConfig(max_new_tokens=self.cfg.task.max_target_len, temperature=0.0)
-        ids = generate_ids(getattr(model, "module", model), sources, cfg, self.tokenizer.eos_id)
+        unwrapped = getattr(model, "module", model)  # no packed copy: the weights change every step
+        ids = generate_ids(unwrapped, sources, cfg, self.tokenizer.eos_id, pack=False)
         outputs = [self.tokenizer.decode(x) for x in ids]
         return loss, self.score(outputs, pairs)
 
