@@ -57,12 +57,14 @@ def train(task: str, run: Path, minutes: float, extra: list[str]) -> None:
     )
 
 
-def evaluate(task: str, run: Path, data: str, *settings: str) -> dict[str, Any]:
-    out = run / "eval"
-    text = lmforge("eval", task, str(run), "--data", data, "--out", str(out), *settings)
-    print(text)
-    name = "eval-" + task + "-" + Path(data).name.removesuffix(".gz").rsplit(".", 1)[0]
-    return json.loads((out / f"{name}.json").read_text())
+def evaluate(label: str, task: str, run: Path, data: str, *settings: str) -> dict[str, Any]:
+    """``lmforge eval`` into ``run/eval/label`` (its own folder: two settings on one file keep both
+    reports and outputs) and its report."""
+    from lmforge.evaluate.cli import report_name
+
+    out = run / "eval" / label
+    print(lmforge("eval", task, str(run), "--data", data, "--out", str(out), *settings))
+    return json.loads((out / f"{report_name(task, data)}.json").read_text())
 
 
 def multi30k(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
@@ -76,12 +78,14 @@ def multi30k(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
             ["--train", str(d / "train"), "--dev", str(d / "val"), "--src", "de", "--tgt", "en"],
         )
     test = {
-        "beam5": evaluate("translate", run, str(d / "test_2016_flickr")),
-        "greedy": evaluate("translate", run, str(d / "test_2016_flickr"), "--beams", "1"),
-        "test_2017_flickr_beam5": evaluate("translate", run, str(d / "test_2017_flickr")),
+        "beam5": evaluate("beam5", "translate", run, str(d / "test_2016_flickr")),
+        "greedy": evaluate("greedy", "translate", run, str(d / "test_2016_flickr"), "--beams", "1"),
+        "test_2017_flickr_beam5": evaluate("beam5", "translate", run, str(d / "test_2017_flickr")),
     }
     wmt = SHARED / "translation" / "wmt22" / "general-test.jsonl.gz"
-    ood = evaluate("translate", run, str(wmt), "src=src", "tgt=[tgr]", "where=[type=de2en]", "max_len=128")
+    ood = evaluate(
+        "beam5", "translate", run, str(wmt), "src=src", "tgt=[tgr]", "where=[type=de2en]", "max_len=128"
+    )
     return {"run": str(run), "curve": curve(run, "val_bleu"), "test_2016_flickr": test, "wmt22_de_en": ood}
 
 
@@ -106,7 +110,7 @@ def tatoeba(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
     if not score_only:
         args = ["--train", str(files["train"]), "--dev", str(files["dev"]), "--src", "en", "--tgt", "zh"]
         train("translate", run, minutes, args)
-    test = evaluate("translate", run, str(files["test"]))
+    test = evaluate("beam5", "translate", run, str(files["test"]))
     sizes = {k: sum(1 for _ in v.open(encoding="utf-8")) for k, v in files.items()}
     return {"run": str(run), "split": sizes, "curve": curve(run, "val_bleu"), "test": test}
 
@@ -135,10 +139,9 @@ def dialogsum(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
             [*args, *DIALOGSUM],
         )
     test_file = str(d / "dialogsum.test.jsonl")
-    ours = evaluate("summarize", run, test_file, "tgt=[summary1]", "no_repeat_ngram_size=3")
-    multi = evaluate(
-        "summarize", run, test_file, "tgt=[summary1,summary2,summary3]", "no_repeat_ngram_size=3"
-    )
+    ours = evaluate("summary1", "summarize", run, test_file, "tgt=[summary1]", "no_repeat_ngram_size=3")
+    refs3 = "tgt=[summary1,summary2,summary3]"
+    multi = evaluate("3-references", "summarize", run, test_file, refs3, "no_repeat_ngram_size=3")
     rows = [json.loads(line) for line in Path(test_file).read_text().splitlines()]
     refs = [r["summary1"] for r in rows]
     baseline = rouge([lead(r["dialogue"], len(s.split())) for r, s in zip(rows, refs)], refs)

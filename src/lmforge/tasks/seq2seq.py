@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lmforge.atomic import atomic_directory
 from lmforge.config import ConfigError
 from lmforge.evaluate.overlap import bleu_from_statistics, bleu_statistics, rouge
 from lmforge.evaluate.pairs import Pair, read_pairs
+from lmforge.evaluate.seq2seq import bleu_tokenizer
 from lmforge.infer.sampling import GenerationConfig
-from lmforge.infer.seq2seq import generate_ids
+from lmforge.infer.seq2seq import encode_sources, generate_ids
 from lmforge.models import registry
 from lmforge.models.io import load_model, read_model_config
 from lmforge.models.losses import IGNORE_INDEX, cross_entropy
@@ -75,7 +77,6 @@ class Seq2SeqTask(TaskObjective):
         cfg = super().setup(cfg, env)
         if not cfg.task.dev_generate:  # no generated-text metric: the dev loss decides
             self.monitor = ("val_loss", "min")
-        self.dev_pairs: list[Pair] = self.read(cfg.task.dev) if cfg.task.dev and cfg.eval_batches else []
         return cfg
 
     def _check_config(self, cfg: TrainConfig) -> None:
@@ -96,8 +97,8 @@ class Seq2SeqTask(TaskObjective):
             pairs = self.read(cfg.task.train)
             texts = (text for p in pairs for text in (p.source, p.target))
             tokenizer = train_bpe(texts, cfg.task.vocab_size)
-            out.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(out)
+            with atomic_directory(out) as tmp:  # a killed run leaves no half-written tokenizer
+                tokenizer.save(tmp)
         return out
 
     def _model_config(self, cfg: TrainConfig, labels: list[str]) -> Seq2SeqConfig:
@@ -133,8 +134,9 @@ class Seq2SeqTask(TaskObjective):
         return read_pairs(path, t.src, t.tgt, t.columns or None)
 
     def features(self, pairs: list[Pair], train: bool) -> PairRows:
-        from lmforge.infer.seq2seq import encode_sources
-
+        """The pairs as rows; the dev pairs are kept too, for their references at each evaluation."""
+        if not train:
+            self.dev_pairs = pairs
         t, tok = self.cfg.task, self.tokenizer
         src = encode_sources(tok, [p.source for p in pairs], t.max_len)
         tgt = [
@@ -184,8 +186,7 @@ class Translate(Seq2SeqTask):
     metrics = ("val_bleu",)
 
     def bleu_tokenize(self) -> str:
-        t = self.cfg.task
-        return t.bleu_tokenize or ("zh" if t.tgt.split("-")[0].lower() in ("zh", "cmn") else "13a")
+        return bleu_tokenizer(self.cfg.task.bleu_tokenize, self.cfg.task.tgt)
 
     def score(self, outputs: list[str], pairs: list[Pair]) -> dict[str, Tensor]:
         stats = bleu_statistics(outputs, [list(p.references) for p in pairs], self.bleu_tokenize())
@@ -194,7 +195,7 @@ class Translate(Seq2SeqTask):
     def val_metrics(self, val_loss: float, sums: dict[str, float]) -> dict[str, float]:
         metrics = {}
         if self.cfg.task.dev_generate:
-            stats = [sums[f"bleu/{i}"] for i in range(len([k for k in sums if k.startswith("bleu/")]))]
+            stats = [sums[f"bleu/{i}"] for i in range(sum(k.startswith("bleu/") for k in sums))]
             metrics["val_bleu"] = bleu_from_statistics(stats, self.bleu_tokenize())
         self.last_val = {"val_loss": val_loss, **metrics}
         return metrics
