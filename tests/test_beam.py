@@ -13,12 +13,13 @@ from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
 from lmforge.errors import LmforgeError
 from lmforge.hf.gpt2 import GPT2Adapter
-from lmforge.infer.beam import DecoderStepper, beam_search
+from lmforge.infer.beam import BeamRows, DecoderStepper, beam_search, best_continuations
 from lmforge.infer.config import GenerateConfig
 from lmforge.infer.generate import complete, generate_ids, stream_batch
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.gpt import GPT
 from lmforge.models.io import load_model
+from lmforge.models.layers import KVCache
 
 EOS, NEW = 5, 12
 PROMPTS = [[1, 2, 3, 4], [7, 8], [9, 10, 11, 12, 13, 14]]
@@ -162,3 +163,50 @@ def test_cli_beams(lmf_gpt2_dir, capsys):
     assert "stream" in capsys.readouterr().err
     with pytest.raises(LmforgeError, match="stream"):
         list(stream_batch(model, tok, prompts, cfg))
+
+
+def test_beam_rows_copy_only_a_parents_further_children():
+    """Followed through random steps, each beam's cache row holds exactly its own history; a step copies
+    only the rows of a parent's second and later children, and a prompt's beams stay in its rows."""
+    g = torch.Generator().manual_seed(0)
+    prompts, k, steps = 3, 4, 12
+    cache = KVCache(1, prompts * k, 1, steps + 1, 1, torch.float32, "cpu")
+    copied = []
+    copy_rows = cache.copy_rows
+    cache.copy_rows = lambda src, dst: copied.append(len(src)) or copy_rows(src, dst)
+    rows = BeamRows(prompts * k, torch.device("cpu"))
+    history = [[float(i)] for i in range(prompts * k)]
+    cache.reserve(1)
+    cache.k[0, :, 0, 0, 0] = torch.tensor([h[0] for h in history])
+    for t in range(1, steps + 1):
+        n = len(history) // k
+        parents = torch.randint(0, k, (n, k), generator=g) + torch.arange(n)[:, None] * k
+        if t == 6:  # the middle prompt is done: its beams leave
+            parents = parents[[0, 2]] - torch.tensor([[0], [k]])
+        parents = parents.flatten()
+        before = len(copied)
+        kept = rows.follow(parents, cache)
+        history = [[*history[p], 100.0 * t + i] for i, p in enumerate(parents.tolist())]
+        if kept is None:
+            distinct = sum(len(set(block.tolist())) for block in parents.view(-1, k))
+            assert sum(copied[before:]) == len(parents) - distinct
+        assert (rows.rows // k).tolist() == (torch.arange(len(parents)) // k).tolist()
+        cache.reserve(1)
+        cache.k[0, :, 0, t, 0] = rows.to_rows(torch.tensor([h[-1] for h in history]))
+        assert torch.equal(rows.from_rows(cache.k[0, :, 0, : t + 1, 0]), torch.tensor(history))
+
+
+def test_best_continuations_rank_all_k_times_v_candidates():
+    """Each beam's best m tokens, normalised, hold a prompt's best m of k * V continuations: the same
+    candidates and summed log-probabilities as ranking the full log-softmax, with banned (-inf) tokens."""
+    g = torch.Generator().manual_seed(0)
+    n, k, vocab, m = 3, 4, 50, 8
+    logits = torch.randn(n * k, vocab, generator=g) * 3
+    logits[torch.rand(n * k, vocab, generator=g) < 0.3] = float("-inf")
+    scores = torch.randn(n, k, generator=g)
+    scores[0, 1:] = float("-inf")  # a first step: only beam 0's continuations count
+    top, parent, token = best_continuations(logits, logits.logsumexp(-1, keepdim=True), scores, m)
+    full = (logits.log_softmax(-1).view(n, k, vocab) + scores[:, :, None]).view(n, -1)
+    want, index = full.topk(m)
+    torch.testing.assert_close(top, want)
+    assert torch.equal(parent, index // vocab) and torch.equal(token, index % vocab)

@@ -132,6 +132,23 @@ def test_cross_attention_is_its_formula():
     torch.testing.assert_close(attn(x, attn.memory_kv(memory), mask), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_cross_attention_serves_groups_of_rows_from_one_memory_row():
+    """Beam search keeps one memory row per source: its r beams' queries (T = 1 while decoding, or
+    more) attend to it exactly as if the memory were repeated for each beam."""
+    attn = CrossAttention(d_model=16, n_head=4, n_kv_head=2, head_dim=4, bias=True)
+    memory = torch.randn(2, 5, 16)
+    memory_valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    for t in (1, 2):
+        x = torch.randn(6, t, 16)  # rows 0-2: source 0's beams, rows 3-5: source 1's
+        repeated = attn(
+            x,
+            attn.memory_kv(memory.repeat_interleave(3, dim=0)),
+            attention_mask(memory_valid.repeat_interleave(3, dim=0), t, causal=False),
+        )
+        shared = attn(x, attn.memory_kv(memory), attention_mask(memory_valid, t, causal=False))
+        torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-5)
+
+
 def test_grouped_query_attention_shares_kv_heads():
     attn = MultiHeadAttention(d_model=32, n_head=4, n_kv_head=2, head_dim=8, bias=False, causal=True)
     x = torch.randn(2, 5, 32)
@@ -268,6 +285,16 @@ def test_kv_cache_reorder_keeps_the_chosen_rows():
     assert cache.k[1, :, 0, 0, 0].tolist() == [12.0, 12.0, 10.0]
     cache.reorder(torch.tensor([2, 2, 0, 1]))  # another count: a new buffer
     assert cache.k[1, :, 0, 0, 0].tolist() == [10.0, 10.0, 12.0, 12.0] and cache.v.size(1) == 4
+
+
+def test_kv_cache_copy_rows_copies_the_filled_slots():
+    cache = KVCache(n_layer=2, batch=3, n_kv_head=1, max_len=4, head_dim=2, dtype=torch.float32, device="cpu")
+    cache.k[:, :, 0, :, 0] = torch.arange(12.0).view(1, 3, 4)
+    cache.v.copy_(-cache.k)
+    cache.reserve(2)  # slots 0-1 filled
+    cache.copy_rows(torch.tensor([0]), torch.tensor([2]))
+    assert cache.k[1, :, 0, :, 0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 10, 11]]
+    assert torch.equal(cache.v, -cache.k)
 
 
 def test_kv_cache_writes_both_ways():

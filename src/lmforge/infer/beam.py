@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.gpt import GPT
+from lmforge.models.layers import KVCache
 
 
 class Stepper(Protocol):
@@ -41,9 +42,52 @@ class Stepper(Protocol):
         shrinks by ``beams`` for each."""
 
 
+class BeamRows:
+    """Which KV-cache row holds each beam, so that following the beams copies only what it must.
+
+    Each step beam i continues beam parents[i]. Gathering the whole cache into the new order would
+    copy every row; instead a parent's first child keeps the parent's row (the parent's keys are the
+    child's keys too) and only its further children copy it, into the rows of beams that no child
+    continues. ``rows[i]`` is beam i's cache row; the model runs over cache rows, so a step's inputs
+    are scattered to them (``to_rows``) and its outputs gathered back (``from_rows``). A prompt's
+    beams stay in its own block of rows (each prompt frees as many rows as it copies into), which
+    per-prompt state (padding, positions, an encoder's memory) relies on.
+    """
+
+    def __init__(self, n: int, device: torch.device):
+        self.rows = torch.arange(n, device=device)
+        self.in_order = True  # rows[i] == i: nothing to scatter or gather (greedy decoding, always)
+
+    def follow(self, parents: Tensor, cache: KVCache) -> Tensor | None:
+        """Beam i now continues beam parents[i]. When beams were dropped (prompts done) the cache is
+        compacted in beam order; the cache rows kept are returned, for the caller's per-row state."""
+        rows, n = self.rows[parents], len(parents)
+        if n != len(self.rows):
+            cache.reorder(rows)
+            self.rows, self.in_order = torch.arange(n, device=rows.device), True
+            return rows
+        beams = torch.arange(n, device=rows.device)
+        first = torch.full_like(rows, n).scatter_reduce_(0, rows, beams, "amin")  # first child per row
+        extra = first[rows] != beams
+        if extra.any():
+            free = (first == n).nonzero()[:, 0]  # rows no beam continues; ascending, like ``extra``
+            cache.copy_rows(rows[extra], free)
+            rows[extra] = free
+        self.rows, self.in_order = rows, bool(torch.equal(rows, beams))
+        return None
+
+    def to_rows(self, x: Tensor) -> Tensor:
+        """x (beams, ...) laid out by cache row."""
+        return x if self.in_order else torch.empty_like(x).index_copy_(0, self.rows, x)
+
+    def from_rows(self, y: Tensor) -> Tensor:
+        """y (cache rows, ...) in beam order."""
+        return y if self.in_order else y[self.rows]
+
+
 class DecoderStepper:
     """A decoder-only GPT as a ``Stepper``: the prompts, left-padded, prefill one KV cache (sized for the
-    longest prompt + ``max_new_tokens``) whose rows then follow the beams."""
+    longest prompt + ``max_new_tokens``) whose rows then follow the beams (``BeamRows``)."""
 
     def __init__(self, model: GPT, prompts: list[list[int]], max_new_tokens: int, pad_id: int = 0):
         device = model.lm_head.weight.device
@@ -54,24 +98,25 @@ class DecoderStepper:
         pads = (width - lengths)[:, None]
         self.positions = (torch.arange(width, device=device) - pads).clamp(min=0)  # from 0 at each prompt
         self.valid = torch.arange(width + max_new_tokens, device=device) >= pads  # key_valid of every slot
-        self.next_position = lengths
+        self.next_position = lengths  # per cache row, like ``valid``: the same for a prompt's beams
         self.cache = model.new_cache(len(prompts), width + max_new_tokens)
 
     def start(self, beams: int) -> Tensor:
         logits = self._forward(self.ids, self.positions)
         rows = torch.arange(len(self.ids), device=logits.device).repeat_interleave(beams)
-        self._keep(rows)
+        self.cache.reorder(rows)
+        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+        self.beams = BeamRows(len(rows), logits.device)
         return logits[rows]
 
     def step(self, tokens: Tensor, parents: Tensor) -> Tensor:
-        self._keep(parents)
+        kept = self.beams.follow(parents, self.cache)
+        if kept is not None:
+            self.valid, self.next_position = self.valid[kept], self.next_position[kept]
+        tokens = self.beams.to_rows(tokens)
         logits = self._forward(tokens[:, None], self.next_position[:, None])
         self.next_position = self.next_position + 1
-        return logits
-
-    def _keep(self, rows: Tensor) -> None:
-        self.cache.reorder(rows)
-        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+        return self.beams.from_rows(logits)
 
     def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         key_valid = self.valid[:, : self.cache.length + ids.size(1)]
@@ -85,23 +130,42 @@ class Hypothesis:
     score: float  # log p(y | x) / |y|^length_penalty, |y| counting the eos
 
 
-def ban_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> Tensor:
-    """-inf for every token that would repeat an n-gram of ``history`` (N, L), whose padding is the token
-    V (one past the vocabulary): it matches no real token and bans nothing.
+def ban_repeated_ngrams(scores: Tensor, history: Tensor, n: int) -> Tensor:
+    """``scores`` (N, V) (logits or log-probabilities) with -inf for every token that would repeat an
+    n-gram of ``history`` (N, L), whose padding is the token V (one past the vocabulary): it matches
+    no real token and bans nothing.
 
     The next token completes the n-gram (last n-1 tokens, token); each earlier window of n tokens that
     starts with those n-1 bans its own last token. (transformers' windows also cover a left-padded batch's
     pad tokens: the same bans unless the model generates the pad token, e.g. never when pad is eos.)
     """
-    vocab = log_probs.size(-1)
+    vocab = scores.size(-1)
     if history.size(1) < n:
-        return log_probs
+        return scores
     prefix = history[:, history.size(1) - n + 1 :]
     windows = history.unfold(1, n, 1)  # (N, L - n + 1, n)
     repeats = (windows[..., :-1] == prefix[:, None]).all(dim=-1)
     banned = torch.zeros(len(history), vocab + 1, dtype=torch.bool, device=history.device)
     banned.scatter_(1, torch.where(repeats, windows[..., -1], vocab), True)  # column V: a spare
-    return log_probs.masked_fill(banned[:, :vocab], float("-inf"))
+    return scores.masked_fill(banned[:, :vocab], float("-inf"))
+
+
+def best_continuations(
+    logits: Tensor, log_z: Tensor, scores: Tensor, m: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The best m of each prompt's k * V continuations by log p(prefix) + log p(token | prefix):
+    their summed log-probabilities (n, m), best first, parent beams and tokens.
+
+    ``logits`` (n * k, V) with their log-normalisers ``log_z`` (n * k, 1); ``scores`` (n, k): each
+    beam's log p(prefix). Log-softmax is monotonic within a beam, so a prompt's best m come from its
+    beams' m best tokens each: only those k * m candidates are normalised and ranked (the (n * k, V)
+    log-probabilities are never written).
+    """
+    n, k = scores.shape
+    best, tokens = logits.topk(min(m, logits.size(-1)))  # per beam
+    total = ((best - log_z).view(n, k, -1) + scores[:, :, None]).view(n, -1)
+    top, index = total.topk(m)
+    return top, index // best.size(-1), tokens.view(n, -1).gather(1, index)
 
 
 def gather_beams(x: Tensor, index: Tensor) -> Tensor:
@@ -142,16 +206,13 @@ def beam_search(
     best: dict[int, Hypothesis] = {}  # by prompt, as each is done
     for t in range(steps):
         n, end = len(live), width + t
-        log_probs = logits.float().log_softmax(dim=-1)
+        logits = logits.float()
+        log_z = logits.logsumexp(dim=-1, keepdim=True)  # log p(v | prefix) = logit_v - log Z
         if cfg.no_repeat_ngram_size:
-            log_probs = ban_repeated_ngrams(
-                log_probs, running[:, :, :end].flatten(0, 1), cfg.no_repeat_ngram_size
-            )
+            logits = ban_repeated_ngrams(logits, running[:, :, :end].flatten(0, 1), cfg.no_repeat_ngram_size)
         if eos_id is not None and t < cfg.min_new_tokens:
-            log_probs[:, eos_id] = float("-inf")
-        total = (log_probs.view(n, k, vocab) + running_scores[:, :, None]).view(n, k * vocab)
-        top, index = total.topk(2 * k)  # the best 2k candidates of each prompt, best first
-        parent, token = index // vocab, index % vocab
+            logits[:, eos_id] = float("-inf")
+        top, parent, token = best_continuations(logits, log_z, running_scores, 2 * k)
         candidates = gather_beams(running, parent)
         candidates[:, :, end] = token
         is_eos = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
+from lmforge.infer.beam import BeamRows, beam_search
 from lmforge.infer.cpu import packed_for_decode, packing_rows
 from lmforge.infer.sampling import GenerationConfig, SamplingParams, sample_rows
 from lmforge.models.seq2seq import Seq2Seq
@@ -23,50 +24,63 @@ from lmforge.tokenizer.core import Tokenizer
 
 class Seq2SeqStepper:
     """The ``Stepper`` of beam search (and of greedy and sampled decoding) for an encoder-decoder: one row
-    per hypothesis, each starting from the model's decoder start token. On a CPU, forwards of enough rows
-    run on the model's oneDNN-packed copy (``infer/cpu.py``), as the decoder engine's do; ``pack=False``
-    for a model in training, whose weights a fused optimizer changes without bumping their version
-    counters (the cached copy would go stale)."""
+    per hypothesis, each starting from the model's decoder start token, the rows of a source's beams
+    side by side. The memory keeps one row per source still decoded: a source's beams share it
+    (``CrossAttention`` groups their queries), so it is never copied per beam. On a CPU, forwards of
+    enough rows run on the model's oneDNN-packed copy (``infer/cpu.py``), as the decoder engine's do;
+    ``pack=False`` for a model in training, whose weights a fused optimizer changes without bumping
+    their version counters (the cached copy would go stale)."""
 
     def __init__(self, model: Seq2Seq, sources: list[list[int]], max_new_tokens: int, pack: bool = True):
         self.model, self.max_new_tokens = model, max_new_tokens
         self.pack_from = packing_rows(model) if pack else None
+        self.packed: Seq2Seq | None = None
         device = model.lm_head.weight.device
         ids, valid = (t.to(device) for t in pad(sources, 0))
         self.valid = None if bool(valid.all()) else valid  # no padding: no mask (the faster kernels)
         encoder = self._for_rows(int(valid.sum()))
         self.memory = encoder.memory_kv(encoder.encode(ids, self.valid))
-        self.group = torch.arange(len(sources), device=device)  # the source each row decodes
+        self.sources = torch.arange(len(sources), device=device)  # the source of each memory row
+        self.group, self.beams = self.sources, 1  # the source of each decoder row; rows per source
 
     def _for_rows(self, rows: int) -> Seq2Seq:
         """The model for a forward of ``rows`` token rows: the packed copy where it is the faster."""
         if self.pack_from is None or rows < self.pack_from:
             return self.model
-        return packed_for_decode(self.model, rows)
+        if self.packed is None:  # looked up once: the weights cannot change during one generation
+            self.packed = packed_for_decode(self.model, rows)
+        return self.packed
 
-    def _rows(self, rows: Tensor) -> None:
-        """Keep row ``rows[i]`` as row i: its source's memory and mask (only when the sources change)."""
-        group = self.group[rows]
-        if not torch.equal(group, self.group):
-            self.memory = [(k[rows], v[rows]) for k, v in self.memory]
-            self.valid = None if self.valid is None else self.valid[rows]
-            self.group = group
+    def _sources(self, kept: Tensor) -> None:
+        """Keep the memory of the sources whose beams are in cache rows ``kept`` (blocks of ``beams``
+        rows): the sources whose search is done leave it."""
+        self.group = self.group[kept]
+        sources = self.group[:: self.beams].contiguous()
+        keep = torch.searchsorted(self.sources, sources)  # both ascending: rows keep source order
+        self.memory = [(k[keep], v[keep]) for k, v in self.memory]
+        self.valid = None if self.valid is None else self.valid[keep]
+        self.sources = sources
 
     def start(self, beams: int) -> Tensor:
         n = len(self.group)
-        self._rows(torch.arange(n, device=self.group.device).repeat_interleave(beams))
+        self.group, self.beams = self.group.repeat_interleave(beams), beams
+        self.rows = BeamRows(n * beams, self.group.device)
         self.cache = self.model.new_cache(n * beams, self.max_new_tokens + 1)
         start = torch.full((n * beams, 1), self.model.config.decoder_start_id, device=self.group.device)
         return self._logits(start)
 
     def step(self, tokens: Tensor, parents: Tensor) -> Tensor:
-        self._rows(parents)
-        self.cache.reorder(parents)
-        return self._logits(tokens[:, None])
+        kept = self.rows.follow(parents, self.cache)
+        if kept is not None:
+            self._sources(kept)
+        return self._logits(self.rows.to_rows(tokens)[:, None])
 
     def _logits(self, tokens: Tensor) -> Tensor:
+        """Next-token logits of each beam, its cache row fed ``tokens[row]`` (rows, 1); the rows' last
+        states are put in beam order before the head (cheaper than its logits)."""
         decoder = self._for_rows(len(tokens))
-        return decoder.decode(tokens, self.memory, self.valid, cache=self.cache)[:, -1].float()
+        states = decoder.decode(tokens, self.memory, self.valid, cache=self.cache, head=False)[:, -1]
+        return decoder.logits(self.rows.from_rows(states)).float()
 
 
 def encode_sources(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
@@ -125,8 +139,6 @@ def generate_ids(
     """Targets for ``sources``: beam search with ``cfg.num_beams`` > 1, else greedy or sampling;
     ``pack`` as in ``Seq2SeqStepper``."""
     if cfg.num_beams > 1:
-        from lmforge.infer.beam import beam_search
-
         stepper = Seq2SeqStepper(model, sources, cfg.max_new_tokens, pack)
         start = [[model.config.decoder_start_id] for _ in sources]
         return [h.token_ids for h in beam_search(stepper, start, cfg, eos_id)]

@@ -96,6 +96,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0
+        self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second buffer, made on first use
 
     def reserve(self, t: int) -> int:
         """Claim slots length..length + t for one forward call's new keys; returns the first."""
@@ -108,14 +109,28 @@ class KVCache:
     def reorder(self, rows: Tensor) -> None:
         """Keep row ``rows[i]`` as row i (beam search: each surviving beam continues its parent's keys);
         ``rows`` may repeat or drop rows, so the batch size may change. Only the filled slots are
-        copied (a step's reorder costs O(length), not O(max_len))."""
+        copied, once: gathered into a spare buffer that then becomes the cache (a step's reorder is
+        one pass over O(length), not a gather and a copy back; ``k``/``v`` are new tensors after it)."""
         n = self.length
         if len(rows) != self.k.size(1):  # fewer rows: a new, smaller buffer
             self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+            self._spare = None
             return
+        if self._spare is None:
+            self._spare = torch.empty_like(self.k), torch.empty_like(self.v)
+        k, v = self._spare
         for layer in range(self.k.size(0)):  # per layer: a gather along the outer dimension, 7x faster
-            self.k[layer, :, :, :n] = self.k[layer, :, :, :n].index_select(0, rows)
-            self.v[layer, :, :, :n] = self.v[layer, :, :, :n].index_select(0, rows)
+            torch.index_select(self.k[layer, :, :, :n], 0, rows, out=k[layer, :, :, :n])
+            torch.index_select(self.v[layer, :, :, :n], 0, rows, out=v[layer, :, :, :n])
+        self._spare, self.k, self.v = (self.k, self.v), k, v
+
+    def copy_rows(self, src: Tensor, dst: Tensor) -> None:
+        """Row dst[i] takes row src[i]'s filled slots (no row is both a source and a destination)."""
+        n = self.length
+        for layer in range(self.k.size(0)):
+            k, v = self.k[layer, :, :, :n], self.v[layer, :, :, :n]
+            k.index_copy_(0, dst, k.index_select(0, src))
+            v.index_copy_(0, dst, v.index_select(0, src))
 
     def update(self, layer: int, k: Tensor, v: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if index is not None:
@@ -257,11 +272,22 @@ class CrossAttention(nn.Module):
         self, x: Tensor, memory: Tensor | tuple[Tensor, Tensor], mask: Tensor | None = None
     ) -> Tensor:
         """``memory``: (B, S, d_model), or its ``memory_kv``; ``mask``: the memory's padding,
-        ``attention_mask(memory_valid, T, causal=False)``."""
+        ``attention_mask(memory_valid, T, causal=False)``.
+
+        The memory may have fewer rows than x: its B rows then serve x's B * r rows in consecutive
+        groups of r (beam search: the r beams of a source share that source's memory). A group's
+        queries attend side by side, as r * T queries of one row: the memory is never copied per beam.
+        """
         k, v = memory if isinstance(memory, tuple) else self.memory_kv(memory)
-        q = split_heads(self.q(x), self.n_head)
+        q = split_heads(self.q(x), self.n_head)  # (B * r, H, T, D)
+        (rows, h, t, d), b = q.shape, k.size(0)
+        r = rows // b
+        if r > 1:
+            q = q.view(b, r, h, t, d).transpose(1, 2).reshape(b, h, r * t, d)
+            mask = None if mask is None else mask[:, :, :1]  # padding only: the same for every query
         dropout = self.dropout if self.training else 0.0
-        return self.proj(multi_head_attention(q, k, v, mask, causal=False, dropout_p=dropout))
+        y = multi_head_attention(q, k, v, mask, causal=False, dropout_p=dropout)  # (B, r * T, H * D)
+        return self.proj(y.view(rows, t, h * d))
 
 
 # --------------------------------------------------------------------------------------------------

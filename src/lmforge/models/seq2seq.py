@@ -190,8 +190,10 @@ class Seq2Seq(nn.Module):
             x = x[:, -1:]
         if self.dec_norm is not None:
             x = self.dec_norm(x)
-        if not head:
-            return x
+        return self.logits(x) if head else x
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The output head: next-token logits of the decoder's last states x (..., d_model)."""
         logits = self.lm_head(x)
         return logits + self.logits_bias if self.config.logits_bias else logits
 
