@@ -222,11 +222,13 @@ def beam_search(
         # join the finished hypotheses, of which the k best stay.
         go_on = top.masked_fill(ends, float("-inf")).topk(k).indices
         running, running_scores = gather_beams(candidates, go_on), top.gather(1, go_on)
-        score = (top / (t + 1) ** alpha).masked_fill(~(ends & in_top_k), float("-inf"))
-        keep = torch.cat((finished_scores, score), dim=1).topk(k).indices
-        finished = merge_beams(finished, candidates, keep)
-        finished_scores = merge_beams(finished_scores, score, keep)
-        finished_lengths = merge_beams(finished_lengths, t + 1 - is_eos.long(), keep)
+        finishing = ends & in_top_k
+        if bool(finishing.any()):  # most steps nothing finishes: nothing to merge
+            score = (top / (t + 1) ** alpha).masked_fill(~finishing, float("-inf"))
+            keep = torch.cat((finished_scores, score), dim=1).topk(k).indices
+            finished = merge_beams(finished, candidates, keep)
+            finished_scores = merge_beams(finished_scores, score, keep)
+            finished_lengths = merge_beams(finished_lengths, t + 1 - is_eos.long(), keep)
 
         # A prompt is done once it has k finished hypotheses and either early_stopping or no hope that
         # the best running beam beats the worst of them (transformers' heuristic).
@@ -235,16 +237,18 @@ def beam_search(
         worst = finished_scores[:, -1]  # -inf until k hypotheses have finished
         beaten = (hope <= worst) | (cfg.early_stopping is True)
         searched = ~((worst > float("-inf")) & beaten) & (t < steps - 1)
-        for i in (~searched).nonzero()[:, 0].tolist():
+        done = (~searched).nonzero()[:, 0].tolist()
+        for i in done:
             length = int(finished_lengths[i, 0])
             best[int(live[i])] = Hypothesis(
                 finished[i, 0, width : width + length].tolist(), float(finished_scores[i, 0])
             )
-        if not searched.any():
+        if len(done) == n:
             break
-        rows = (torch.arange(n, device=device)[:, None] * k + parent.gather(1, go_on))[searched]
-        live, running, running_scores = live[searched], running[searched], running_scores[searched]
-        finished, finished_scores = finished[searched], finished_scores[searched]
-        finished_lengths = finished_lengths[searched]
+        rows = torch.arange(n, device=device)[:, None] * k + parent.gather(1, go_on)
+        if done:  # their rows leave the search
+            rows, live, running, running_scores = (x[searched] for x in (rows, live, running, running_scores))
+            finished, finished_scores = finished[searched], finished_scores[searched]
+            finished_lengths = finished_lengths[searched]
         logits = stepper.step(running[:, :, end].flatten(), rows.flatten())
     return [best[i] for i in range(b)]
