@@ -131,6 +131,22 @@ def lead(dialogue: str, words: int) -> str:
     return " ".join(dialogue.split()[:words])
 
 
+def random_init(run: Path) -> Path:
+    """The trained model's architecture, tokenizer and task settings with untrained weights (seed 0):
+    what the training adds, measured on the same footing."""
+    import torch
+
+    from lmforge.models.io import load_model, save_model
+
+    out = run.parent / f"{run.name}-random-init"
+    if not (out / "model" / "config.json").is_file():
+        trained, tokenizer = load_model(run / "model")
+        torch.manual_seed(0)
+        task = json.loads((run / "model" / "config.json").read_text())["task"]
+        save_model(type(trained)(trained.config), tokenizer, out / "model", extra={"task": task})
+    return out
+
+
 def dialogsum(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
     from lmforge.evaluate.overlap import rouge
 
@@ -149,6 +165,9 @@ def dialogsum(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
     ours = evaluate("summary1", "summarize", run, test_file, "tgt=[summary1]", "no_repeat_ngram_size=3")
     refs3 = "tgt=[summary1,summary2,summary3]"
     multi = evaluate("3-references", "summarize", run, test_file, refs3, "no_repeat_ngram_size=3")
+    untrained = evaluate(
+        "summary1", "summarize", random_init(run), test_file, "tgt=[summary1]", "no_repeat_ngram_size=3"
+    )
     rows = [json.loads(line) for line in Path(test_file).read_text().splitlines()]
     refs = [r["summary1"] for r in rows]
     baseline = rouge([lead(r["dialogue"], len(s.split())) for r, s in zip(rows, refs)], refs)
@@ -158,6 +177,7 @@ def dialogsum(work: Path, minutes: float, score_only: bool) -> dict[str, Any]:
         "test_summary1": ours,
         "test_3_references": multi,
         "lead_baseline_summary1": {k: round(v.f1, 2) for k, v in baseline.items()},
+        "random_init_summary1": untrained,
     }
 
 
