@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from lmforge.config import Flag, add_config_arguments, config_from_args
-from lmforge.infer.config import GenerateConfig
+from lmforge.infer.config import GenerateConfig, QuantizeConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,6 +41,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="an lmforge model folder")
     add_config_arguments(p, GenerateConfig, FLAGS, preset_folder="generate")
     p.set_defaults(func=run)
+    q = sub.add_parser(
+        "quantize", help="int8 or int4 weights for a model folder (generate, serve, eval load it)"
+    )
+    q.add_argument("model_dir", help="an lmforge model folder (float weights)")
+    q.add_argument("out_dir", help="where to write the quantized model folder")
+    add_config_arguments(
+        q, QuantizeConfig, ["bits", "group", Flag("symmetric", const=False, name="asymmetric"), "overwrite"]
+    )
+    q.set_defaults(func=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from lmforge.infer.quantize import quantize_folder
+
+    report = quantize_folder(args.model_dir, args.out_dir, config_from_args(QuantizeConfig, args))
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    print(
+        f"wrote {args.out_dir}: {report['layers']} layers as {report['quantization']}, "
+        f"model.safetensors {mib(report['bytes_before'])} -> {mib(report['bytes_after'])}"
+    )
+    return 0
 
 
 def _print_stream(model: nn.Module, tokenizer: Tokenizer, cfg: GenerateConfig) -> None:

@@ -31,3 +31,21 @@ def unescape(text: str) -> str:
     r"""``\n``, ``\t`` and ``\\`` as newline, tab and backslash: a shell passes ``--stop "\n\n"`` as a
     literal backslash and n, which would never match the text."""
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+
+
+@dataclass
+class QuantizeConfig:
+    """``lmforge quantize``: weight-only quantization of a model folder (``models/quant.py``)."""
+
+    bits: Literal[8, 4] = 8  # 8: int8 per output channel; 4: int4 per group of inputs
+    group: int = 128  # int4: inputs per scale (32: finer, larger; 128: coarser, smaller)
+    symmetric: bool = True  # int4: false gives each group a zero point (the min weight): a finer grid
+    overwrite: bool = False  # replace an existing output folder (one lmforge wrote)
+
+    def __post_init__(self) -> None:
+        if self.bits not in (8, 4):
+            raise ConfigError(f"bits must be 8 or 4, got {self.bits}")
+        if self.bits == 8 and not self.symmetric:
+            raise ConfigError("symmetric=false is for bits=4: int8 is symmetric per channel")
+        if self.bits == 4 and (self.group < 32 or self.group & (self.group - 1)):
+            raise ConfigError(f"group must be a power of two >= 32 for bits=4, got {self.group}")

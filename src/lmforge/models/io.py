@@ -131,6 +131,11 @@ def load_model(
     config = read_model_config(d)
     with torch.device("meta"):
         model = registry.build(config)
+    quantization = json.loads((d / "config.json").read_text(encoding="utf-8")).get("quantization")
+    if quantization:  # int8/int4 layers in place of the float ones, for the folder's tensors
+        from lmforge.models.quant import QuantSpec, quantized_shell
+
+        quantized_shell(model, QuantSpec(**quantization))
     state = read_safetensors(d / "model.safetensors")
     check_state_dict(model_state_dict(model), state, str(d / "model.safetensors"))
     tied = tied_parameters(model)

@@ -1,0 +1,211 @@
+"""Weight-only quantization: linear layers whose weights are stored as 8- or 4-bit integers and scales.
+
+The round trip of a weight w within its group (int8: a whole output row; int4: ``group`` consecutive
+inputs of a row), as ``quantize_int8`` / ``quantize_int4`` write it:
+
+    int8, symmetric:   s = max|w| / 127            q = clamp(round(w / s), -127, 127)    ŵ = q s
+    int4, symmetric:   s = max|w| / 7              q = clamp(round(w / s), -8, 7)        ŵ = q s
+    int4, asymmetric:  s = (max w - min w) / 15    q = clamp(round((w - min w) / s), 0, 15)
+                                                                                        ŵ = q s + min w
+
+so |w - ŵ| <= s / 2 for every weight (the asymmetric grid spends all 16 levels on [min w, max w]).
+Activations stay in the model's float dtype; the matmuls run on the integers without dequantizing the
+matrix (PyTorch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``; other devices
+dequantize per call). The head and the embeddings stay float: in most small models the head is the
+embedding matrix (tied), and its errors go straight into the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What ``quantize_model`` does; stored in a quantized folder's config.json as ``quantization``."""
+
+    bits: int = 8  # 8: per output channel; 4: per group of inputs
+    group: int = 128  # int4: inputs per scale (32 or 128 usual); ignored for int8
+    symmetric: bool = True  # int4: False gives each group a zero point (min w), a finer grid
+
+    def __post_init__(self) -> None:
+        if self.bits not in (8, 4):
+            raise LmforgeError(f"quantization bits must be 8 or 4, got {self.bits}")
+        if self.bits == 4 and (self.group < 32 or self.group & (self.group - 1)):
+            raise LmforgeError(f"int4 group must be a power of two >= 32, got {self.group}")
+        if self.bits == 8 and not self.symmetric:
+            raise LmforgeError("int8 is symmetric per channel (asymmetric is for int4)")
+
+    def to_dict(self) -> dict:
+        return asdict(self) if self.bits == 4 else {"bits": 8}
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """q (N, K) int8 and s (N,) fp32 of w (N, K), per output row: ŵ = q s."""
+    w = w.float()
+    s = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return (w / s[:, None]).round().clamp(-127, 127).to(torch.int8), s
+
+
+def quantize_int4(w: Tensor, group: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """q (N, K) uint8 in 0..15, s and z (N, K / group) fp32 of w (N, K): ŵ = (q - 8) s + z, the form
+    the CPU kernel takes (symmetric: z = 0; asymmetric: z = min w + 8 s)."""
+    n, k = w.shape
+    g = w.float().view(n, k // group, group)
+    if symmetric:
+        s = g.abs().amax(dim=-1).clamp(min=1e-12) / 7
+        q = (g / s[..., None]).round().clamp(-8, 7) + 8
+        z = torch.zeros_like(s)
+    else:
+        low, high = g.amin(dim=-1), g.amax(dim=-1)
+        s = ((high - low) / 15).clamp(min=1e-12)
+        q = ((g - low[..., None]) / s[..., None]).round().clamp(0, 15)
+        z = low + 8 * s
+    return q.view(n, k).to(torch.uint8), s, z
+
+
+def dequantize_int4(q: Tensor, s: Tensor, z: Tensor) -> Tensor:
+    n, k = q.shape
+    groups = s.size(1)
+    return ((q.view(n, groups, -1).float() - 8) * s[..., None] + z[..., None]).view(n, k)
+
+
+def pack_nibbles(q: Tensor) -> Tensor:
+    """(N, K) values 0..15 -> (N, K / 2) bytes, column 2j in the low nibble: half the size on disk."""
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: Tensor) -> Tensor:
+    return torch.stack((packed & 15, packed >> 4), dim=-1).view(packed.size(0), -1)
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.size(-1))
+
+
+class Int8Linear(nn.Module):
+    """y = x ŵ^T + b with ŵ = q s (``quantize_int8``): int8 weights, one scale per output."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer(
+            "qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("scale", torch.ones(out_features, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device)
+        layer.qweight, layer.scale = quantize_int8(linear.weight.detach())
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def dequantized(self) -> Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu":
+            y = torch._weight_int8pack_mm(_rows(x), self.qweight, self.scale.to(x.dtype))
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        return F.linear(
+            x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+
+
+class Int4Linear(nn.Module):
+    """y = x ŵ^T + b with ŵ = (q - 8) s + z per group of ``group`` inputs (``quantize_int4``); q is
+    stored two per byte and laid out for the CPU kernel once, on first use."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group: int, device=None):
+        super().__init__()
+        if in_features % group:
+            raise LmforgeError(f"int4 group {group} does not divide the {in_features} inputs")
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        groups = in_features // group
+        shape = (out_features, in_features // 2)
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.uint8, device=device))
+        self.register_buffer("scale", torch.ones(out_features, groups, device=device))
+        self.register_buffer("zero", torch.zeros(out_features, groups, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+        self._kernel: tuple[tuple, Tensor, Tensor] | None = None  # (key, packed weight, scales+zeros)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: int, symmetric: bool) -> Int4Linear:
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, group, linear.weight.device
+        )
+        q, layer.scale, layer.zero = quantize_int4(linear.weight.detach(), group, symmetric)
+        layer.qweight = pack_nibbles(q)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def dequantized(self) -> Tensor:
+        return dequantize_int4(unpack_nibbles(self.qweight), self.scale, self.zero)
+
+    def _packed(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        key = (dtype, self.qweight.data_ptr(), self.qweight._version, self.scale._version, self.zero._version)
+        if self._kernel is None or self._kernel[0] != key:
+            q = unpack_nibbles(self.qweight).to(torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            scales_zeros = torch.stack((self.scale, self.zero), dim=-1).transpose(0, 1).contiguous()
+            self._kernel = (key, packed, scales_zeros.to(dtype))
+        return self._kernel[1], self._kernel[2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu":
+            packed, scales_zeros = self._packed(x.dtype)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x), packed, self.group, scales_zeros)
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        return F.linear(
+            x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+
+
+def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, name, layer) of every ``nn.Linear`` except the output head."""
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear) and child is not getattr(model, "lm_head", None)
+    ]
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
+    """Replace every linear layer but the head by its quantized form, in place; returns how many.
+    Layers whose inputs the int4 group does not divide stay float."""
+    count = 0
+    for parent, name, linear in _targets(model):
+        if spec.bits == 8:
+            setattr(parent, name, Int8Linear.from_linear(linear))
+        elif linear.in_features % spec.group == 0:
+            setattr(parent, name, Int4Linear.from_linear(linear, spec.group, spec.symmetric))
+        else:
+            continue
+        count += 1
+    return count
+
+
+def quantized_shell(model: nn.Module, spec: QuantSpec) -> None:
+    """Give a freshly built model (e.g. on the meta device) the quantized layers ``quantize_model``
+    would, empty, for a quantized folder's tensors to load into."""
+    for parent, name, linear in _targets(model):
+        device, bias = linear.weight.device, linear.bias is not None
+        if spec.bits == 8:
+            setattr(parent, name, Int8Linear(linear.in_features, linear.out_features, bias, device))
+        elif linear.in_features % spec.group == 0:
+            setattr(
+                parent, name, Int4Linear(linear.in_features, linear.out_features, bias, spec.group, device)
+            )

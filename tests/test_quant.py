@@ -1,0 +1,138 @@
+"""Weight-only quantization: each scheme's round trip against its formula and error bound, the integer
+matmuls against the float reference, and ``lmforge quantize`` folders that load and generate."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.cli import main
+from lmforge.config import ConfigError
+from lmforge.errors import LmforgeError
+from lmforge.infer.config import QuantizeConfig
+from lmforge.infer.generate import generate_ids
+from lmforge.infer.quantize import quantize_folder
+from lmforge.infer.sampling import GenerationConfig
+from lmforge.models.io import load_model
+from lmforge.models.quant import (
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    pack_nibbles,
+    quantize_int4,
+    quantize_int8,
+    unpack_nibbles,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def weights(rows: int = 48, cols: int = 128) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(rows, cols, generator=g)
+    w[3, 7] = 9.0  # an outlier: its row's scale grows, the others' do not
+    return w
+
+
+def test_int8_round_trip_is_the_formula_within_half_a_step():
+    w = weights()
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.shape == (48,)
+    torch.testing.assert_close(s, w.abs().amax(dim=1) / 127)
+    assert torch.equal(q, (w / s[:, None]).round().clamp(-127, 127).to(torch.int8))
+    assert q[3, 7] == 127 and s[3] > 2 * s[4]  # the outlier's row only
+    err = (w - q.float() * s[:, None]).abs()
+    assert (err <= s[:, None] / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_round_trip_is_the_formula_within_half_a_step(symmetric):
+    w = weights()
+    q, s, z = quantize_int4(w, 32, symmetric)
+    groups = w.view(48, 4, 32)
+    if symmetric:
+        torch.testing.assert_close(s, groups.abs().amax(-1) / 7)
+        assert torch.equal(z, torch.zeros_like(z))
+        expected = (groups / s[..., None]).round().clamp(-8, 7) + 8
+    else:
+        low = groups.amin(-1)
+        torch.testing.assert_close(s, (groups.amax(-1) - low) / 15)
+        torch.testing.assert_close(z, low + 8 * s)
+        expected = ((groups - low[..., None]) / s[..., None]).round().clamp(0, 15)
+    assert torch.equal(q.view(48, 4, 32).float(), expected) and int(q.max()) <= 15
+    w_hat = dequantize_int4(q, s, z)
+    assert ((w - w_hat).abs().view(48, 4, 32) <= s[..., None] / 2 + 1e-6).all()
+    assert torch.equal(unpack_nibbles(pack_nibbles(q)), q)
+
+
+def test_asymmetric_int4_is_finer_on_skewed_weights():
+    """Weights of one sign use half a symmetric grid; the zero point spends all 16 levels on them."""
+    w = weights().abs()
+    err = {sym: (w - dequantize_int4(*quantize_int4(w, 32, sym))).abs().mean() for sym in (True, False)}
+    assert err[False] < 0.6 * err[True]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_integer_matmul_matches_the_float_reference(bits):
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 48)
+    with torch.no_grad():
+        linear.weight.copy_(weights() * 0.1)
+    layer = Int8Linear.from_linear(linear) if bits == 8 else Int4Linear.from_linear(linear, 32, False)
+    x = torch.randn(2, 5, 128)
+    w_hat = layer.dequantized()
+    with torch.no_grad():
+        reference = x @ w_hat.T + linear.bias
+        y = layer(x)
+    torch.testing.assert_close(y, reference, atol=1e-4, rtol=1e-4)
+    # and the float layer's output within the bound the weight error allows: sum_k |x_k| * s / 2
+    bound = x.abs() @ (linear.weight - w_hat).abs().T.detach()
+    assert ((y - linear(x)).abs() <= bound + 1e-4).all()
+    assert (y - linear(x)).abs().max() > 0  # quantized, not a float copy
+
+
+def test_quantize_config_is_checked():
+    with pytest.raises(ConfigError, match="bits"):
+        QuantizeConfig(bits=3)
+    with pytest.raises(ConfigError, match="group"):
+        QuantizeConfig(bits=4, group=48)
+    with pytest.raises(ConfigError, match="symmetric"):
+        QuantizeConfig(bits=8, symmetric=False)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [["--bits", "8"], ["--bits", "4", "--group", "32", "--asymmetric"], ["--bits", "4", "group=64"]],
+)
+def test_quantized_folder_loads_and_generates(lmf_llama_dir, tmp_path, settings, capsys):
+    """The folder is smaller, loads through load_model (as generate, serve and eval do) with integer
+    layers, gives logits near the float model's, and generates."""
+    out = tmp_path / "q"
+    assert main(["quantize", str(lmf_llama_dir), str(out), *settings]) == 0
+    assert "layers as" in capsys.readouterr().out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["quantization"]["bits"] == int(settings[1])
+    assert meta["quantization"].get("symmetric", True) == ("--asymmetric" not in settings)
+    float_model, tokenizer = load_model(lmf_llama_dir)
+    model, _ = load_model(out)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("Int8Linear" if settings[1] == "8" else "Int4Linear") in kinds
+    if "group=64" in settings:  # the MLP's 96 inputs: no group of 64 fits, that layer stays float
+        assert isinstance(model.blocks[0].mlp.proj, nn.Linear)
+    src_size = (lmf_llama_dir / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < src_size
+    # exactly the float model with each quantized layer's round-tripped weights; near the original
+    ids = torch.tensor([tokenizer.encode("the cat sat on the mat")])
+    with torch.no_grad():
+        want = float_model(ids)
+        for name, layer in model.named_modules():
+            if isinstance(layer, Int8Linear | Int4Linear):
+                float_model.get_submodule(name).weight.copy_(layer.dequantized())
+        reference, got = float_model(ids), model(ids)
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
+    assert 0 < (got - want).norm() / want.norm() < (0.05 if settings[1] == "8" else 0.6)
+    cfg = GenerationConfig(max_new_tokens=5, temperature=0)
+    assert len(generate_ids(model, [ids[0].tolist()], cfg)[0]) == 5
+    with pytest.raises(LmforgeError, match="already quantized"):
+        quantize_folder(out, tmp_path / "again", QuantizeConfig())
