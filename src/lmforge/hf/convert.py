@@ -120,16 +120,33 @@ def from_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) ->
     """A local transformers checkpoint folder -> an lmforge model folder (tokenizer carried along)."""
     src = Path(hf_dir)
     adapter, config = read_hf_config(src)
-    with torch.device("meta"):
-        model = build(config)
-    expected = model_state_dict(model)
-    state = import_state(adapter, read_hf_state_dict(src), config, expected, f"{src}: the checkpoint")
-    _load_keeping_ties(model, state)
     has_tok = (src / "tokenizer.json").is_file() or (src / "vocab.json").is_file()
     tokenizer = Tokenizer.load(src) if has_tok else None
     if tokenizer is None:
         warn_no_tokenizer(src, out_dir)
-    return save_model(model, tokenizer, out_dir, {"converted_from": adapter.model_type}, overwrite)
+    extra = {"converted_from": adapter.model_type}
+    state = read_hf_state_dict(src)
+    return convert_state(
+        adapter, config, state, tokenizer, out_dir, overwrite, extra, f"{src}: the checkpoint"
+    )
+
+
+def convert_state(
+    adapter: Adapter,
+    config: Any,
+    hf_state: StateDict,
+    tokenizer: Tokenizer | None,
+    out_dir: str | Path,
+    overwrite: bool,
+    extra: dict,
+    source: str,
+) -> Path:
+    """Tensors in transformers' names (from a checkpoint folder or another format) -> a model folder."""
+    with torch.device("meta"):
+        model = build(config)
+    state = import_state(adapter, hf_state, config, model_state_dict(model), source)
+    _load_keeping_ties(model, state)
+    return save_model(model, tokenizer, out_dir, extra, overwrite)
 
 
 def warn_no_tokenizer(src: Path, out_dir: str | Path) -> None:
