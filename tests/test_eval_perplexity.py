@@ -11,7 +11,7 @@ import torch
 
 from conftest import corpus_text
 from lmforge.cli import main
-from lmforge.evaluate.perplexity import perplexity
+from lmforge.evaluate.perplexity import perplexity, sliding_nll
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.io import save_model
 from lmforge.tokenizer.shards import TokenShards, build_shards
@@ -88,3 +88,23 @@ def test_cli_refuses_shards_of_another_tokenizer(shards, model, bpe_tokenizer, t
     assert main(["eval", "perplexity", str(tmp_path / "m"), "--data", str(shards), "--seq-len", "16"]) == 2
     assert "tokenized with another tokenizer than the model's" in capsys.readouterr().err
     assert main(["eval", "perplexity", str(tmp_path / "m"), "--data", str(shards), "--seq-len", "99"]) == 2
+
+
+@pytest.mark.parametrize("context,stride", [(16, 1), (16, 16), (16, 5), (64, 64)])
+def test_sliding_nll_scores_each_token_once_with_its_window(model, context, stride):
+    """Each token t >= 1 once, given the context tokens before its block's end: with stride 1 exactly
+    the last min(t, context); one window covering the text is the plain chain rule."""
+    ids = torch.randint(
+        0, model.config.vocab_size, (41,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+    nll, count = sliding_nll(model, ids, context, stride)
+    assert count == len(ids) - 1
+    with torch.no_grad():
+        want = 0.0
+        for t in range(1, len(ids)):
+            end = min(1 + (t - 1) // stride * stride + stride, len(ids))  # the end of t's block
+            before = ids[max(0, end - 1 - context) : t]
+            want -= model(torch.tensor([before]))[0, -1].log_softmax(-1)[ids[t]].item()
+            if stride == 1:
+                assert len(before) == min(t, context)
+    assert math.isclose(nll, want, rel_tol=1e-5)

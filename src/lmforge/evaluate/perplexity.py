@@ -1,7 +1,9 @@
-"""Perplexity on token shards: PPL = exp(-1/N sum_t log p(x_t | x_<t)) over a whole split.
+"""Perplexity: PPL = exp(-1/N sum_t log p(x_t | x_<t)).
 
-The split is cut into non-overlapping windows of ``seq_len + 1`` tokens; every token but each window's
-first is predicted once, from the tokens before it in its window.
+On token shards (``perplexity``) a split is cut into non-overlapping windows of ``seq_len + 1`` tokens;
+every token but each window's first is predicted once, from the tokens before it in its window. On one
+token sequence (``sliding_nll``) the targets go in blocks of ``stride`` tokens, each predicted from
+the ``context`` tokens before the block's end: every token after the first is predicted once.
 """
 
 from __future__ import annotations
@@ -102,3 +104,26 @@ def perplexity(
         "loss": mean,
         "perplexity": losses.perplexity(mean),
     }
+
+
+@torch.no_grad()
+def sliding_nll(model: nn.Module, ids: list[int], context: int, stride: int) -> tuple[float, int]:
+    """(sum of -log p(x_t | x_<t) over t >= 1, number of tokens scored) for one sequence ``ids``;
+    PPL = exp(sum / count), bits per byte = sum / (ln 2 * bytes of the text).
+
+    Targets go in blocks of ``stride``; each block is predicted by one forward over the ``context``
+    tokens before its end, so every token has at least ``context - stride + 1`` tokens before it
+    (all of them near the start).
+    """
+    if not 0 < stride <= context <= model.config.max_seq_len:
+        raise LmforgeError(
+            f"need 0 < stride ({stride}) <= context ({context}) <= the model's {model.config.max_seq_len}"
+        )
+    tokens = torch.tensor(ids, device=model.lm_head.weight.device)
+    nll = 0.0
+    for first in range(1, len(ids), stride):
+        end = min(first + stride, len(ids))  # targets first..end-1
+        start = max(0, end - 1 - context)
+        logits = model(tokens[None, start : end - 1])[0]  # position j predicts token start + j + 1
+        nll += losses.cross_entropy(logits[first - 1 - start :], tokens[first:end], reduction="sum").item()
+    return nll, max(len(ids) - 1, 0)

