@@ -97,6 +97,20 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (objective=distill): causal-LM training of the student on a mix of the
+    hard labels and a teacher's softened next-token distribution (``losses.distillation``)."""
+
+    teacher: str = ""  # required: the teacher's lmforge model folder (same tokenizer as the shards)
+    alpha: float = 0.5  # weight of the hard-label CE; 1 - alpha that of T^2 * KL to the teacher
+    temperature: float = 2.0  # T: both distributions softened by it
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ConfigError("distill.alpha must be in [0, 1] and distill.temperature positive")
+
+
+@dataclass
 class LoRAConfig:
     """LoRA (models/lora.py): train W + (alpha/rank)·B A on the targeted linear layers, all else frozen
     except ``trainable`` (the task head always trains); rank 0 = off (full fine-tuning)."""
@@ -124,6 +138,7 @@ class TrainConfig:
     mlm: MaskingConfig = field(default_factory=MaskingConfig)  # objective=mlm only
     task: FinetuneConfig = field(default_factory=FinetuneConfig)  # objective=classify, ner, qa
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # rank > 0: train low-rank adapters only
+    distill: DistillConfig = field(default_factory=DistillConfig)  # objective=distill only
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size·grad_accum·world)
     max_steps: int = 1000
@@ -162,11 +177,15 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {'positive' if name in positive else '>= 0'}")
         if self.fit_schedule_to_time and self.max_minutes is None:
             raise ConfigError("fit_schedule_to_time needs max_minutes (the time to fit the schedule to)")
-        if self.objective in ("causal_lm", "mlm") and not isinstance(self.model, GPTConfig | BertConfig):
+        if self.objective == "distill" and not self.distill.teacher:
+            raise ConfigError("objective=distill needs distill.teacher (the teacher's model folder)")
+        if self.objective in ("causal_lm", "mlm", "distill") and not isinstance(
+            self.model, GPTConfig | BertConfig
+        ):
             raise ConfigError(
                 f"objective={self.objective} pretrains a gpt or bert model, not arch {self.model.arch}"
             )
-        if self.objective in ("causal_lm", "mlm") and self.data.seq_len > self.model.max_seq_len:
+        if self.objective in ("causal_lm", "mlm", "distill") and self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )

@@ -91,6 +91,7 @@ class Objective:
 
 _OBJECTIVES = {
     "causal_lm": "lmforge.train.causal_lm:CausalLM",
+    "distill": "lmforge.train.distill:Distill",
     "mlm": "lmforge.train.masked_lm:MaskedLM",
     "classify": "lmforge.tasks.classify:Classify",
     "ner": "lmforge.tasks.ner:TagTokens",
