@@ -9,10 +9,13 @@ inputs of a row), as ``quantize_int8`` / ``quantize_int4`` write it:
                                                                                         ŵ = q s + min w
 
 so |w - ŵ| <= s / 2 for every weight (the asymmetric grid spends all 16 levels on [min w, max w]).
-Activations stay in the model's float dtype; the matmuls run on the integers without dequantizing the
-matrix (PyTorch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``; other devices
-dequantize per call). The head and the embeddings stay float: in most small models the head is the
-embedding matrix (tied), and its errors go straight into the logits.
+A decode step (at most ``KERNEL_ROWS`` rows) multiplies on the integers, never a dequantized matrix:
+PyTorch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``, fed bf16 activations
+(their fp32 path is several times slower than a float matmul on a Xeon without AMX; with bf16 they
+beat it 2-4x at 1-8 rows). Longer inputs (prefill, scoring a text) are compute-bound: there the weights
+are dequantized once per call and multiplied in the input's dtype. Other devices always dequantize.
+The head and the embeddings stay float: in most small models the head is the embedding matrix (tied),
+and its errors go straight into the logits.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import LmforgeError
+
+KERNEL_ROWS = 32  # up to this many rows per call the integer kernels run (decode); above, dequantize
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,21 @@ def _rows(x: Tensor) -> Tensor:
     return x.reshape(-1, x.size(-1))
 
 
+def on_kernel(x: Tensor) -> bool:
+    """Whether the integer kernel takes input x: on a CPU, at most ``KERNEL_ROWS`` rows."""
+    return x.device.type == "cpu" and x.numel() <= KERNEL_ROWS * x.size(-1)
+
+
+def _output(y: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
+    """The kernel's bf16 rows (N, out) as x's dtype and shape, plus the bias."""
+    y = y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
+    return y if bias is None else y + bias.to(x.dtype)
+
+
+def dequantized_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
 class Int8Linear(nn.Module):
     """y = x ŵ^T + b with ŵ = q s (``quantize_int8``): int8 weights, one scale per output."""
 
@@ -113,13 +133,12 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu":
-            y = torch._weight_int8pack_mm(_rows(x), self.qweight, self.scale.to(x.dtype))
-            y = y.view(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
-        return F.linear(
-            x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        if not on_kernel(x):
+            return dequantized_linear(x, self.dequantized(), self.bias)
+        y = torch._weight_int8pack_mm(
+            _rows(x).to(torch.bfloat16), self.qweight, self.scale.to(torch.bfloat16)
         )
+        return _output(y, x, self.bias)
 
 
 class Int4Linear(nn.Module):
@@ -163,13 +182,12 @@ class Int4Linear(nn.Module):
         return self._kernel[1], self._kernel[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu":
-            packed, scales_zeros = self._packed(x.dtype)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x), packed, self.group, scales_zeros)
-            y = y.view(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
-        return F.linear(
-            x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        if not on_kernel(x):
+            return dequantized_linear(x, self.dequantized(), self.bias)
+        packed, scales_zeros = self._packed(torch.bfloat16)
+        rows = _rows(x).to(torch.bfloat16)
+        return _output(
+            torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, self.group, scales_zeros), x, self.bias
         )
 
 
