@@ -4,11 +4,13 @@ The round trip of a weight w within its group (int8: a whole output row; int4: `
 inputs of a row), as ``quantize_int8`` / ``quantize_int4`` write it:
 
     int8, symmetric:   s = max|w| / 127            q = clamp(round(w / s), -127, 127)    ŵ = q s
-    int4, symmetric:   s = max|w| / 7              q = clamp(round(w / s), -8, 7)        ŵ = q s
+    int4, symmetric:   s = a max|w| / 7            q = clamp(round(w / s), -8, 7)        ŵ = q s
+                       (a in [0.5, 1]: the least squared error sum (w - ŵ)^2 of the group)
     int4, asymmetric:  s = (max w - min w) / 15    q = clamp(round((w - min w) / s), 0, 15)
                                                                                         ŵ = q s + min w
 
-so |w - ŵ| <= s / 2 for every weight (the asymmetric grid spends all 16 levels on [min w, max w]).
+so |w - ŵ| <= s / 2 for every weight within the grid's range, which is all of them except the few a
+symmetric scale search clips (the asymmetric grid spends all 16 levels on [min w, max w]).
 A decode step (at most ``KERNEL_ROWS`` rows) multiplies on the integers, never a dequantized matrix:
 PyTorch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``, fed bf16 activations
 (their fp32 path is several times slower than a float matmul on a Xeon without AMX; with bf16 they
@@ -58,14 +60,35 @@ def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
     return (w / s[:, None]).round().clamp(-127, 127).to(torch.int8), s
 
 
+# The symmetric int4 scale is searched among these fractions of max|w| / 7: clipping a group's largest
+# weights can buy a finer step for all the others (the least-squares choice, as llama.cpp's quantizers do).
+SCALE_FRACTIONS = torch.linspace(0.5, 1.0, 26)
+
+
 def quantize_int4(w: Tensor, group: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
     """q (N, K) uint8 in 0..15, s and z (N, K / group) fp32 of w (N, K): ŵ = (q - 8) s + z, the form
-    the CPU kernel takes (symmetric: z = 0; asymmetric: z = min w + 8 s)."""
+    the CPU kernel takes. Symmetric: z = 0 and per group the s = a max|w| / 7 (a in
+    ``SCALE_FRACTIONS``) with the least squared error sum (w - ŵ)^2; asymmetric: the min/max grid,
+    z = min w + 8 s."""
     n, k = w.shape
     g = w.float().view(n, k // group, group)
     if symmetric:
-        s = g.abs().amax(dim=-1).clamp(min=1e-12) / 7
-        q = (g / s[..., None]).round().clamp(-8, 7) + 8
+        top = g.abs().amax(dim=-1).clamp(min=1e-12) / 7
+        best = None
+        for a in SCALE_FRACTIONS.tolist():
+            s = top * a
+            q = (g / s[..., None]).round().clamp(-8, 7)
+            err = (q * s[..., None] - g).square().sum(dim=-1)
+            if best is None:
+                best = err, s, q
+            else:
+                better = err < best[0]
+                best = (
+                    torch.where(better, err, best[0]),
+                    torch.where(better, s, best[1]),
+                    torch.where(better[..., None], q, best[2]),
+                )
+        s, q = best[1], best[2] + 8
         z = torch.zeros_like(s)
     else:
         low, high = g.amin(dim=-1), g.amax(dim=-1)
