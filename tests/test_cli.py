@@ -33,6 +33,7 @@ WORK = (
     "lmforge.evaluate.perplexity.load_for_eval",
     "lmforge.hf.convert.from_hf",
     "lmforge.hf.convert.to_hf",
+    "lmforge.hf.gguf.from_gguf",
     "lmforge.train.demo.run_demo",
 )
 
