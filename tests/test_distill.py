@@ -3,6 +3,7 @@ training a student through the one loop toward a teacher."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,11 @@ import torch
 
 from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
-from lmforge.models.losses import distillation
+from lmforge.models.io import load_model
+from lmforge.models.losses import cross_entropy, distillation
+from lmforge.train.config import DistillConfig
+from lmforge.train.distill import Distill
+from lmforge.train.distributed import DistEnv
 from lmforge.train.trainer import Trainer
 from test_train import shards, tiny  # noqa: F401 (the shards fixture)
 
@@ -58,6 +63,20 @@ def test_a_student_learns_from_its_teacher_through_the_loop(shards, tmp_path):  
     val = {name: [r["val_loss"] for r in records if "val_loss" in r][-1] for name, records in runs.items()}
     assert all(math.isfinite(v) for v in val.values())
     assert (tmp_path / "distilled" / "model" / "config.json").is_file()
+    # the objective's training loss is the formula on student and teacher logits over the tokenizer's
+    # vocabulary; its val loss the plain cross-entropy
+    cfg = tiny(shards, tmp_path / "probe", *base, "objective=distill", f"distill.teacher={teacher / 'model'}")
+    cfg = dataclasses.replace(cfg, distill=DistillConfig(str(teacher / "model"), alpha=0.3, temperature=3.0))
+    objective = Distill()
+    cfg = objective.setup(cfg, DistEnv(0, 0, 1, torch.device("cpu")))
+    student, batch = objective.build_model(), objective.train_batch(0)
+    teacher_model, _ = load_model(teacher / "model")
+    x, y, vocab = batch["input_ids"], batch["targets"], objective.shards.vocab_size
+    with torch.no_grad():
+        want = distillation(student(x)[..., :vocab], teacher_model(x)[..., :vocab], y, 3.0, 0.3)
+        torch.testing.assert_close(objective.loss(student, batch), want)
+        assert not torch.isclose(want, cross_entropy(student(x), y))  # the teacher counts
+        torch.testing.assert_close(objective.eval_step(student, batch)[0], cross_entropy(student(x), y))
 
 
 def test_distillation_settings_are_checked(shards, tmp_path, bpe_tokenizer):  # noqa: F811

@@ -152,8 +152,8 @@ def gguf_tokenizer(fields: dict[str, Any], path: str | Path) -> Tokenizer:
         )
     tokens: list[str] = list(fields["tokenizer.ggml.tokens"])
     types = list(fields.get("tokenizer.ggml.token_type") or [])
-    alphabet = set(bytes_to_unicode().values())
     spell = bytes_to_unicode()
+    alphabet = set(spell.values())
     vocab = {
         t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8")): i
         for i, t in enumerate(tokens)

@@ -106,17 +106,17 @@ class DecoderStepper:
         rows = torch.arange(len(self.ids), device=logits.device).repeat_interleave(beams)
         self.cache.reorder(rows)
         self.valid, self.next_position = self.valid[rows], self.next_position[rows]
-        self.beams = BeamRows(len(rows), logits.device)
+        self.rows = BeamRows(len(rows), logits.device)
         return logits[rows]
 
     def step(self, tokens: Tensor, parents: Tensor) -> Tensor:
-        kept = self.beams.follow(parents, self.cache)
+        kept = self.rows.follow(parents, self.cache)
         if kept is not None:
             self.valid, self.next_position = self.valid[kept], self.next_position[kept]
-        tokens = self.beams.to_rows(tokens)
+        tokens = self.rows.to_rows(tokens)
         logits = self._forward(tokens[:, None], self.next_position[:, None])
         self.next_position = self.next_position + 1
-        return self.beams.from_rows(logits)
+        return self.rows.from_rows(logits)
 
     def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         key_valid = self.valid[:, : self.cache.length + ids.size(1)]

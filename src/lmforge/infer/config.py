@@ -8,6 +8,7 @@ from typing import Literal
 
 from lmforge.config import ConfigError, require
 from lmforge.infer.sampling import GenerationConfig
+from lmforge.models.quant import QuantSpec
 
 
 @dataclass
@@ -43,9 +44,7 @@ class QuantizeConfig:
     overwrite: bool = False  # replace an existing output folder (one lmforge wrote)
 
     def __post_init__(self) -> None:
-        if self.bits not in (8, 4):
-            raise ConfigError(f"bits must be 8 or 4, got {self.bits}")
-        if self.bits == 8 and not self.symmetric:
-            raise ConfigError("symmetric=false is for bits=4: int8 is symmetric per channel")
-        if self.bits == 4 and (self.group < 32 or self.group & (self.group - 1)):
-            raise ConfigError(f"group must be a power of two >= 32 for bits=4, got {self.group}")
+        self.spec()  # its checks
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group, self.symmetric)

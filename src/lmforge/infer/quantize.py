@@ -8,7 +8,7 @@ from pathlib import Path
 from lmforge.errors import LmforgeError
 from lmforge.infer.config import QuantizeConfig
 from lmforge.models.io import load_model, save_model
-from lmforge.models.quant import QuantSpec, quantize_model
+from lmforge.models.quant import quantize_model
 
 
 def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeConfig) -> dict:
@@ -19,7 +19,7 @@ def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeCon
     if meta.get("quantization"):
         raise LmforgeError(f"{src}: already quantized ({meta['quantization']}); quantize the float model")
     model, tokenizer = load_model(src)
-    spec = QuantSpec(cfg.bits, cfg.group, cfg.symmetric)
+    spec = cfg.spec()
     layers = quantize_model(model, spec)
     if layers == 0:
         raise LmforgeError(f"{src}: no linear layer to quantize (group {cfg.group} divides none)")

@@ -133,9 +133,9 @@ def load_model(
         model = registry.build(config)
     quantization = json.loads((d / "config.json").read_text(encoding="utf-8")).get("quantization")
     if quantization:  # int8/int4 layers in place of the float ones, for the folder's tensors
-        from lmforge.models.quant import QuantSpec, quantized_shell
+        from lmforge.models.quant import QuantSpec, quantize_model
 
-        quantized_shell(model, QuantSpec(**quantization))
+        quantize_model(model, QuantSpec(**quantization))
     state = read_safetensors(d / "model.safetensors")
     check_state_dict(model_state_dict(model), state, str(d / "model.safetensors"))
     tied = tied_parameters(model)

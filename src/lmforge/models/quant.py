@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
 
 KERNEL_ROWS = 32  # up to this many rows per call the integer kernels run (decode); above, dequantize
@@ -43,11 +44,11 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 4):
-            raise LmforgeError(f"quantization bits must be 8 or 4, got {self.bits}")
-        if self.bits == 4 and (self.group < 32 or self.group & (self.group - 1)):
-            raise LmforgeError(f"int4 group must be a power of two >= 32, got {self.group}")
+            raise ConfigError(f"bits must be 8 or 4, got {self.bits}")
         if self.bits == 8 and not self.symmetric:
-            raise LmforgeError("int8 is symmetric per channel (asymmetric is for int4)")
+            raise ConfigError("symmetric=false is for bits=4: int8 is symmetric per channel")
+        if self.bits == 4 and (self.group < 32 or self.group & (self.group - 1)):
+            raise ConfigError(f"group must be a power of two >= 32 for bits=4, got {self.group}")
 
     def to_dict(self) -> dict:
         return asdict(self) if self.bits == 4 else {"bits": 8}
@@ -236,7 +237,8 @@ def layer_group(group: int, in_features: int) -> int | None:
 
 def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
     """Replace every linear layer but the head by its quantized form, in place; returns how many.
-    An int4 layer takes ``layer_group``'s group; one with none stays float."""
+    An int4 layer takes ``layer_group``'s group; one with none stays float. On a model built on the
+    meta device this makes the empty quantized layers a quantized folder's tensors load into."""
     count = 0
     for parent, name, linear in _targets(model):
         group = layer_group(spec.group, linear.in_features)
@@ -248,15 +250,3 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> int:
             continue
         count += 1
     return count
-
-
-def quantized_shell(model: nn.Module, spec: QuantSpec) -> None:
-    """Give a freshly built model (e.g. on the meta device) the quantized layers ``quantize_model``
-    would, empty, for a quantized folder's tensors to load into."""
-    for parent, name, linear in _targets(model):
-        shape = (linear.in_features, linear.out_features, linear.bias is not None)
-        group = layer_group(spec.group, linear.in_features)
-        if spec.bits == 8:
-            setattr(parent, name, Int8Linear(*shape, linear.weight.device))
-        elif group is not None:
-            setattr(parent, name, Int4Linear(*shape, group, linear.weight.device))
