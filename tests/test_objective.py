@@ -33,6 +33,7 @@ TOY = [
     "eval_every=10",
     "log_every=1",
     "progress=false",
+    "dtype=float32",  # exact arithmetic is asserted (auto trains in bf16 on AMX CPUs)
     "threads=1",
     "export=false",
     "objective=test_objective:FirstToken",  # by import path, as a user's YAML would name it

@@ -24,6 +24,7 @@ import torch
 from lmforge.cli import build_parser, main, parse_args
 from lmforge.config import ConfigError, load_config
 from lmforge.train.config import TrainConfig
+from test_zeroshot import write_fixtures
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -212,8 +213,8 @@ def warc_record(url: str, html: str) -> bytes:
 
 
 def make_inputs(root: Path) -> None:
-    """``crawl/*.warc.gz`` (enough text for a val split of a few windows), ``pages/`` and
-    ``corpus/*.txt``: the README's inputs; every other path is written by an earlier command."""
+    """``crawl/*.warc.gz`` (enough text for a val split of a few windows), ``pages/``, ``corpus/*.txt``
+    and ``eval/``: the README's inputs; every other path is written by an earlier command."""
     docs = prose_docs(90)
     for name in ("crawl", "pages", "corpus"):
         (root / name).mkdir()
@@ -222,6 +223,7 @@ def make_inputs(root: Path) -> None:
     for i, doc in enumerate(docs[:10]):
         (root / f"pages/{i}.html").write_text(html_page(f"Page {i}", doc), encoding="utf-8")
         (root / f"corpus/{i}.txt").write_text(doc, encoding="utf-8")
+    write_fixtures(root / "eval")  # the zero-shot task files, two items each
 
 
 @pytest.fixture

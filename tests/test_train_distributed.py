@@ -32,6 +32,7 @@ ckpt_every: 4
 log_every: 1
 progress: false
 threads: 1
+dtype: float32  # the arithmetic of the ranks is compared, not a precision (auto: bf16 on AMX)
 """
 
 

@@ -33,6 +33,7 @@ GOLDEN_RUN = [
     "log_every=1",
     "progress=false",
     "threads=1",
+    "dtype=float32",  # the recorded run is fp32 (auto trains in bf16 on AMX CPUs)
     "seed=7",
 ]
 

@@ -1,7 +1,8 @@
 """Device and precision choice, one place for every stage (training, evaluation, generation, serving).
 
-``auto`` means: CUDA when present, else the CPU; bf16 on CUDA, fp32 on the CPU (CPU bf16 is opt-in: it
-pays only where the CPU has AMX/AVX-512-BF16).
+``auto`` means: CUDA when present, else the CPU; bf16 on CUDA, fp32 on the CPU (training also picks
+bf16 autocast on CPUs with AMX, where it pays: ``train/fast.py``; without AMX, AVX-512-BF16 alone makes
+bf16 matmuls slower than fp32).
 """
 
 from __future__ import annotations

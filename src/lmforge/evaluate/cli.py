@@ -7,11 +7,13 @@ import argparse
 from pathlib import Path
 
 from lmforge.config import Flag, add_config_arguments, config_from_args
+from lmforge.errors import LmforgeError
 from lmforge.evaluate.classify import ClassifyEvalConfig
 from lmforge.evaluate.config import PerplexityConfig
 from lmforge.evaluate.ner import NerEvalConfig
 from lmforge.evaluate.qa import QAEvalConfig
 from lmforge.evaluate.seq2seq import Seq2SeqEvalConfig
+from lmforge.evaluate.zeroshot import SuiteConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         flags += ["no_repeat_ngram_size", "max_new_tokens", "limit", "device"]
         add_config_arguments(t, Seq2SeqEvalConfig, flags)
         t.set_defaults(func=run_seq2seq, task=task)
+
+    z = tasks.add_parser("suite", help="zero-shot benchmarks by log-likelihood (HellaSwag, ARC, PIQA, ...)")
+    z.add_argument("model", help="a decoder's model folder, or the run folder that exported it")
+    add_config_arguments(z, SuiteConfig, ["data", "tasks", "limit", "batch_tokens", "out", "device"])
+    z.set_defaults(func=run_suite)
 
     n = tasks.add_parser("ner", help="entity-level precision/recall/F1 per type, token accuracy (CoNLL)")
     n.add_argument("model", help="a fine-tuned tagger's model folder, or the run folder that exported it")
@@ -175,4 +182,26 @@ def run_seq2seq(args: argparse.Namespace) -> int:
     )
     print(format_report(report))
     print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """Score the zero-shot tasks; print the table and write the reports beside the model folder, i.e. in
+    its run folder, or in --out."""
+    from lmforge.evaluate.classify import model_folder
+    from lmforge.evaluate.perplexity import load_for_eval
+    from lmforge.evaluate.zeroshot import format_table, run_task, write_suite
+
+    cfg = config_from_args(SuiteConfig, args)
+    model, _, tokenizer = load_for_eval(args.model, cfg.device)
+    if tokenizer is None:
+        raise LmforgeError(f"{args.model}: no tokenizer found beside the model")
+    results = []
+    for task in cfg.task_list:
+        results.append(run_task(model, tokenizer, task, Path(cfg.data), cfg.limit, cfg.batch_tokens))
+        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+    folder = model_folder(args.model)
+    path = write_suite(results, Path(cfg.out) if cfg.out else folder.resolve().parent, str(folder))
+    print(format_table(results))
+    print(f"wrote {path} (and eval-<task>.json with every item, eval-suite.png)")
     return 0

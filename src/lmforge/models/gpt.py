@@ -27,7 +27,7 @@ from lmforge.models.layers import (
     gelu,
     make_norm,
 )
-from lmforge.models.losses import IGNORE_INDEX, cross_entropy
+from lmforge.models.losses import cross_entropy, linear_cross_entropy
 
 
 @dataclass
@@ -144,9 +144,12 @@ class GPT(nn.Module):
         cache_index: Tensor | None = None,
         last_only: bool = False,
         head: bool = True,
+        targets: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab) for ``input_ids`` (B, T); with ``head=False`` the final-normed hidden
-        states (B, T, d_model) instead, for task heads (through ``forward``, so DDP/FSDP hooks run).
+        states (B, T, d_model) instead, for task heads (through ``forward``, so DDP/FSDP hooks run);
+        with ``targets`` (B, T) the mean cross-entropy, the head fused into it (``linear_cross_entropy``:
+        the logits are never stored, which pays most in training).
 
         positions: (B, T) absolute positions (default: after what the cache holds).
         key_valid: (B, S) bool, False at padding, covering every key attended to (cached + new).
@@ -162,11 +165,15 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, mask=mask, cache=cache, layer=i, cache_index=cache_index)
         x = self.norm_f(x[:, -1:] if last_only else x)
+        if targets is not None:
+            if type(self.lm_head) is nn.Linear:  # an adapted head (LoRA) computes its own logits
+                return linear_cross_entropy(x, self.lm_head.weight, targets)
+            return cross_entropy(self.lm_head(x), targets)
         return self.lm_head(x) if head else x
 
-    def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-        """Mean cross-entropy -1/N sum_t log p(target_t | input_<=t); ``ignore_index`` targets skipped."""
-        return cross_entropy(self(input_ids), targets, ignore_index)
+    def loss(self, input_ids: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy -1/N sum_t log p(target_t | input_<=t); ``IGNORE_INDEX`` targets skipped."""
+        return self(input_ids, targets=targets)
 
     def sequence_log_prob(self, input_ids: Tensor) -> Tensor:
         """log p(x_2..x_T | x_1) = sum_t log p(x_t | x_<t), by the chain rule; one value per row."""

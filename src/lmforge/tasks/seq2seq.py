@@ -28,7 +28,7 @@ from lmforge.infer.sampling import GenerationConfig
 from lmforge.infer.seq2seq import encode_sources, generate_ids
 from lmforge.models import registry
 from lmforge.models.io import load_model, read_model_config
-from lmforge.models.losses import IGNORE_INDEX, cross_entropy
+from lmforge.models.losses import IGNORE_INDEX
 from lmforge.models.seq2seq import Seq2SeqConfig
 from lmforge.models.task import pad
 from lmforge.tasks.base import Features, TaskObjective
@@ -150,8 +150,9 @@ class Seq2SeqTask(TaskObjective):
 
     # --- loss and metrics --------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        logits = model(batch["src"], batch["tgt_in"], batch["src_valid"])
-        return cross_entropy(logits, batch["labels"], label_smoothing=self.cfg.task.label_smoothing)
+        smoothing = self.cfg.task.label_smoothing
+        inputs = batch["src"], batch["tgt_in"], batch["src_valid"]
+        return model(*inputs, labels=batch["labels"], label_smoothing=smoothing)
 
     def count(self, batch: Batch) -> int:
         return int((batch["labels"] != IGNORE_INDEX).sum())
@@ -165,7 +166,7 @@ class Seq2SeqTask(TaskObjective):
     def eval_step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """The plain (unsmoothed) cross-entropy, so val_loss is a log-perplexity; with dev_generate the
         greedy outputs' metric sums too."""
-        loss = cross_entropy(model(batch["src"], batch["tgt_in"], batch["src_valid"]), batch["labels"])
+        loss = model(batch["src"], batch["tgt_in"], batch["src_valid"], labels=batch["labels"])
         if not self.cfg.task.dev_generate:
             return loss, {}
         pairs = [self.dev_pairs[i] for i in batch["index"].tolist()]

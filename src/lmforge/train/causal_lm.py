@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lmforge.errors import LmforgeError
 from lmforge.models import registry
 from lmforge.models.io import save_model
-from lmforge.models.losses import cross_entropy, perplexity
+from lmforge.models.losses import perplexity
 from lmforge.tokenizer.shards import TokenShards
 from lmforge.train.config import TrainConfig
 from lmforge.train.data import WindowSampler
@@ -73,7 +73,8 @@ class CausalLM(Objective):
             yield {"input_ids": x, "targets": y}
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        return cross_entropy(model(batch["input_ids"]), batch["targets"])
+        """The mean CE, the output layer fused into it (the full logits are never stored)."""
+        return model(batch["input_ids"], targets=batch["targets"])
 
     def count(self, batch: Batch) -> int:
         return batch["targets"].numel()

@@ -154,7 +154,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"  # auto: cuda when available, else cpu
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA and AMX CPUs
+    keep_heap: bool = True  # CPU (glibc): keep freed memory for the next step (train/fast.py)
     compile: bool = False  # torch.compile the forward + loss
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; FSDP shards params, grads and optimizer
     threads: int | None = None  # CPU intra-op threads (default: PyTorch's choice)

@@ -10,7 +10,9 @@ clipping; AdamW; the lr schedule. The pieces around the step are components the 
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,14 +20,15 @@ from typing import Any
 
 import torch
 
+from lmforge.atomic import atomic_file
 from lmforge.checkpoint import list_checkpoints
 from lmforge.config import save_config
-from lmforge.device import pick_dtype
 from lmforge.errors import LmforgeError
 from lmforge.train import distributed as D
 from lmforge.train.adapt import adapt, merge_for_export
 from lmforge.train.checkpointer import Checkpointer
 from lmforge.train.config import TrainConfig
+from lmforge.train.fast import describe, heap_allocator, training_dtype
 from lmforge.train.metrics import MetricsLog, Throughput, peak_flops, read_records
 from lmforge.train.objective import Batch, Objective, build_objective
 from lmforge.train.optim import build_optimizer, build_scheduler
@@ -68,12 +71,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, env.device)
         self.progress = Progress()
         self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.progress.horizon)
-        self.dtype = pick_dtype(cfg.dtype, env.device)
+        self.dtype = training_dtype(cfg.dtype, env.device)
         amp = self.dtype != torch.float32
         self.autocast = torch.autocast(env.device.type, dtype=self.dtype) if amp else nullcontext()
         compile_ = torch.compile if cfg.compile else (lambda fn: fn)
         self._loss, self._eval = compile_(self._forward_loss), compile_(self._forward_eval)
 
+        self.keeps_heap = cfg.keep_heap and env.device.type == "cpu"
         self.checkpointer = Checkpointer(cfg, env, self.wrapped, self.optimizer, self.scheduler)
         if resume:
             self.checkpointer.restore(self.progress)
@@ -82,6 +86,9 @@ class Trainer:
         if env.is_main and not (resume and self.progress.step >= cfg.max_steps):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            self.settings = describe(env.device, self.dtype, self.keeps_heap, cfg.compile)
+            with atomic_file(self.run_dir / "settings.json") as tmp:
+                tmp.write_text(json.dumps(self.settings, indent=2) + "\n", encoding="utf-8")
             self.metrics = MetricsLog(self.run_dir, self.progress.step if resume else None)
 
     def _build_model(self) -> torch.nn.Module:
@@ -206,7 +213,14 @@ class Trainer:
         flops, peak = self.objective.flops_per_token(self.model), peak_flops(self.env.device, self.dtype)
         throughput = Throughput(p.tokens_seen, flops, peak, self.env.world_size)
         self.model.train()
-        with StopPolicy(cfg, self.env, p) as stop, self._progress_bar() as bar:
+        if self.metrics is not None and cfg.progress:
+            chosen = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+            print(f"speed settings: {chosen}", file=sys.stderr)
+        with (
+            heap_allocator(self.keeps_heap),
+            StopPolicy(cfg, self.env, p) as stop,
+            self._progress_bar() as bar,
+        ):
             while (stopped := stop.before_step()) is None:
                 loss, grad_norm = self.train_step()
                 stop.tick()

@@ -1,0 +1,86 @@
+"""The fast training settings each machine gets by default, and the line that tells the run log which.
+
+- Precision: ``dtype=auto`` trains under bf16 autocast (fp32 master weights and optimizer) on CUDA and
+  on CPUs with AMX, whose bf16 matmuls are several times their fp32 ones; elsewhere in fp32. On a CPU
+  with AVX-512-BF16 but no AMX, bf16 matmuls are *slower* than fp32 (measured on a 2-core Xeon:
+  144-147 vs 192-246 GFLOP/s at the GPT-6L/384d shapes), so auto keeps fp32 there.
+- The output layer fused into the loss (``models.losses.linear_cross_entropy``): always; the
+  objectives call it (a 50k vocabulary's logits and their gradient are never stored).
+- Memory: on Linux/glibc CPUs the run keeps freed memory in the process heap (``heap_allocator``)
+  instead of returning every large block to the OS and faulting it back in, zeroed, at the next step.
+- AdamW: PyTorch's fused kernel (``train/optim.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from lmforge.device import pick_dtype
+from lmforge.train.optim import fused_adamw
+
+# glibc's mallopt parameters and defaults (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), where bf16 matmuls pay."""
+    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def training_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of a run: ``auto`` is bf16 on CUDA and on AMX CPUs, fp32 elsewhere; an
+    explicit name is taken as it is."""
+    if name == "auto" and device.type == "cpu" and has_amx():
+        return torch.bfloat16
+    return pick_dtype(name, device)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextmanager
+def heap_allocator(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, glibc serves large blocks from the heap and keeps what is freed, so each
+    training step reuses the previous step's memory. By default every block above 32 MiB (a 50k
+    vocabulary's logits, its embedding gradient) is a fresh ``mmap``: the kernel zeroes it page by page
+    on first touch, step after step. Yields whether the setting is on (glibc only); on exit the defaults
+    return and the kept memory goes back to the OS."""
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB, never reached at a step's end
+    try:
+        yield True
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def describe(device: torch.device, dtype: torch.dtype, heap: bool, compiled: bool) -> dict:
+    """The speed settings a run chose, for its log and ``settings.json``."""
+    info = {
+        "device": str(device),
+        "autocast": None if dtype == torch.float32 else str(dtype).removeprefix("torch."),
+        "fused_lm_head_loss": True,
+        "fused_adamw": fused_adamw(device),
+        "compile": compiled,
+    }
+    if device.type == "cpu":
+        info.update(threads=torch.get_num_threads(), amx=has_amx(), keep_heap=heap and _glibc() is not None)
+    return info

@@ -1,0 +1,78 @@
+"""The fast training defaults (train/fast.py): which precision ``auto`` picks on which machine, the kept
+heap (a second large allocation reuses the first's pages instead of faulting fresh zeroed ones in), and
+the settings a run records."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+import pytest
+import torch
+
+from conftest import corpus_text
+from lmforge.config import load_config
+from lmforge.tokenizer.shards import build_shards
+from lmforge.train import fast
+from lmforge.train.config import TrainConfig
+from lmforge.train.fast import heap_allocator, training_dtype
+from lmforge.train.trainer import Trainer
+
+
+@pytest.mark.parametrize(
+    ("amx", "name", "device", "want"),
+    [
+        (True, "auto", "cpu", torch.bfloat16),  # AMX: bf16 matmuls pay
+        (False, "auto", "cpu", torch.float32),  # AVX-512(-BF16) alone: bf16 is slower than fp32
+        (True, "float32", "cpu", torch.float32),  # an explicit choice wins
+        (False, "bfloat16", "cpu", torch.bfloat16),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch, amx, name, device, want):
+    monkeypatch.setattr(fast, "has_amx", lambda: amx)
+    assert training_dtype(name, torch.device(device)) == want
+
+
+def faults_of_touching(nbytes: int) -> int:
+    """Minor page faults taken by allocating and writing a fresh ``nbytes`` tensor."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or fast._glibc() is None, reason="glibc only")
+def test_the_kept_heap_serves_the_next_large_block_without_page_faults():
+    size = 96 << 20  # above glibc's 32 MiB mmap ceiling: by default always a fresh mapping
+    pages = size // resource.getpagesize()
+    faults_of_touching(size)
+    assert faults_of_touching(size) > pages // 2  # by default: every page faulted in, zeroed, again
+    with heap_allocator() as on:
+        assert on
+        faults_of_touching(size)  # the first one grows the heap
+        assert faults_of_touching(size) < pages // 20  # the next one reuses it
+    assert faults_of_touching(size) > pages // 2  # defaults back: the memory went back to the OS
+
+
+def test_a_run_records_its_speed_settings(tmp_path, bpe_tokenizer):
+    shards = tmp_path / "shards"
+    build_shards([corpus_text()[:20_000]], bpe_tokenizer, shards, val_fraction=0.1, progress=False)
+    overrides = [
+        f"data.shards={shards}",
+        f"out_dir={tmp_path / 'run'}",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.d_model=16",
+        "model.max_seq_len=16",
+        "data.seq_len=16",
+        "max_steps=1",
+        "eval_batches=0",
+        "export=false",
+        "progress=false",
+        "device=cpu",
+    ]
+    Trainer(load_config(TrainConfig, None, overrides)).run()
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["fused_lm_head_loss"] is True
+    assert settings["autocast"] == (None if not fast.has_amx() else "bfloat16")
+    assert settings["keep_heap"] == (fast._glibc() is not None)
