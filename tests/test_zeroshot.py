@@ -9,6 +9,7 @@ import bz2
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.evaluate.loglik import encode_pair, score_requests
+from lmforge.evaluate.wikitext import (
+    detokenize,
+    rolling_loglik,
+    rolling_windows,
+    run_wikitext,
+    wikitext_pages,
+)
 from lmforge.evaluate.zeroshot import TASKS, Item, hellaswag_preprocess, run_task, stderr, task_metrics
 from lmforge.models.gpt import GPT, GPTConfig
 
@@ -168,3 +176,53 @@ def test_the_real_files_have_their_official_sizes(shared_data):
         items = TASKS[task](folder)
         assert len(items) == count, task
         assert all(0 <= it.gold < len(it.choices) for it in items)
+
+
+def test_rolling_windows_score_every_token_once_within_the_context():
+    tokens = list(range(10, 33))  # 23 tokens
+    windows = rolling_windows(tokens, prefix=1, width=8)
+    assert windows[0] == ([1, *tokens[:7]], 8)  # the prefix token, then 7: predicts tokens 0..7
+    assert [n for _, n in windows] == [8, 8, 7] and all(len(inputs) <= 8 for inputs, _ in windows)
+    assert windows[1][0] == tokens[7:15] and windows[2][0] == tokens[14:22]  # full context for the last
+
+
+def test_rolling_loglik_is_the_sum_over_its_windows(model):
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(4, 300, (60,), generator=g).tolist()  # 3 windows of the 24-token context
+    want = 0.0
+    for inputs, n in rolling_windows(tokens, 1, 24):
+        start = tokens.index(inputs[1]) if inputs[0] == 1 else tokens.index(inputs[0]) + 1
+        targets = tokens[start : start + len(inputs)][-n:]
+        with torch.no_grad():
+            logp = model(torch.tensor([inputs]))[0].log_softmax(dim=-1)
+        want += sum(float(logp[len(inputs) - n + j, t]) for j, t in enumerate(targets))
+    assert rolling_loglik(model, tokens, 1, batch_size=2) == pytest.approx(want, abs=1e-3)
+    short = tokens[:10]  # one window: the prefix then the text, scored as a whole sequence
+    with torch.no_grad():
+        logp = model(torch.tensor([[1, *short[:-1]]]))[0].log_softmax(dim=-1)
+    assert rolling_loglik(model, short, 1) == pytest.approx(
+        sum(float(logp[j, t]) for j, t in enumerate(short)), abs=1e-4
+    )
+
+
+def test_wikitext_pages_detokenizer_and_counts(tmp_path, model, bpe_tokenizer):
+    raw = (
+        " \n = Alpha = \n \n Alpha is a 1 @,@ 000 @-@ year story , it 's old . \n \n = = Part = = \n x \n"
+        " = Beta = \n Beta ( b ) . \n"
+    )
+    pages = wikitext_pages(raw)
+    assert len(pages) == 2 and pages[0].startswith(" = Alpha = ") and "= = Part = =" in pages[0]
+    assert (
+        detokenize(" Alpha is a 1 @,@ 000 @-@ year story , it 's old . ")
+        == " Alpha is a 1,000-year story, it's old. "
+    )
+    assert detokenize(" = = Part = = \n Beta ( b ) . \n") == " == Part ==\nBeta (b).\n"
+    path = tmp_path / "wiki.test.raw"
+    path.write_text(raw, encoding="utf-8")
+    result = run_wikitext(model, bpe_tokenizer, path)
+    words = sum(len(re.split(r"\s+", p)) for p in pages)  # counted on the tokenised original
+    nbytes = sum(len(p.encode()) for p in pages)
+    total = sum(item["loglik"] for item in result["per_item"])
+    assert result["items"] == 2
+    assert result["word_perplexity"] == pytest.approx(math.exp(-total / words))
+    assert result["bits_per_byte"] == pytest.approx(-total / nbytes / math.log(2))

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     z = tasks.add_parser("suite", help="zero-shot benchmarks by log-likelihood (HellaSwag, ARC, PIQA, ...)")
     z.add_argument("model", help="a decoder's model folder, or the run folder that exported it")
-    add_config_arguments(z, SuiteConfig, ["data", "tasks", "limit", "batch_tokens", "out", "device"])
+    add_config_arguments(
+        z, SuiteConfig, ["data", "tasks", "limit", "batch_tokens", "wikitext", "out", "device"]
+    )
     z.set_defaults(func=run_suite)
 
     n = tasks.add_parser("ner", help="entity-level precision/recall/F1 per type, token accuracy (CoNLL)")
@@ -190,6 +192,7 @@ def run_suite(args: argparse.Namespace) -> int:
     its run folder, or in --out."""
     from lmforge.evaluate.classify import model_folder
     from lmforge.evaluate.perplexity import load_for_eval
+    from lmforge.evaluate.wikitext import run_wikitext
     from lmforge.evaluate.zeroshot import format_table, run_task, write_suite
 
     cfg = config_from_args(SuiteConfig, args)
@@ -198,7 +201,11 @@ def run_suite(args: argparse.Namespace) -> int:
         raise LmforgeError(f"{args.model}: no tokenizer found beside the model")
     results = []
     for task in cfg.task_list:
-        results.append(run_task(model, tokenizer, task, Path(cfg.data), cfg.limit, cfg.batch_tokens))
+        if task == "wikitext":
+            path = cfg.wikitext or Path(cfg.data) / "wikitext2" / "wiki.test.raw"
+            results.append(run_wikitext(model, tokenizer, path, cfg.limit))
+        else:
+            results.append(run_task(model, tokenizer, task, Path(cfg.data), cfg.limit, cfg.batch_tokens))
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     folder = model_folder(args.model)
     path = write_suite(results, Path(cfg.out) if cfg.out else folder.resolve().parent, str(folder))

@@ -39,7 +39,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return context_ids, whole[len(context_ids) :]
 
 
-def _continuation_scores(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def continuation_scores(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Per row: the summed log p of ``targets`` (N, L) under ``logits`` (N, L, V) over the ``valid``
     positions, and whether each was the argmax; the (N, L, V) log-probabilities are never stored."""
     logits = logits.float()
@@ -126,7 +126,7 @@ def _score_batch(
         step = max(1, CHUNK_LOGITS // (cont_width * model.lm_head.weight.size(0)))
         for i in range(0, len(flat), step):  # the logits of a few rows at a time
             part = slice(i, i + step)
-            rest, rest_greedy = _continuation_scores(model.lm_head(hidden[part]), targets[part], scored[part])
+            rest, rest_greedy = continuation_scores(model.lm_head(hidden[part]), targets[part], scored[part])
             total[part] += rest
             greedy[part] &= rest_greedy
     scores = [Score(float(s), bool(g), len(c)) for s, g, c in zip(total.tolist(), greedy.tolist(), flat)]

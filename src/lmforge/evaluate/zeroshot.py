@@ -228,7 +228,8 @@ def run_task(
 @dataclass
 class SuiteConfig:
     data: str = ""  # required: a folder laid out as $LMFORGE_SHARED/data/eval (hellaswag/, arc/, ...)
-    tasks: str = ",".join(TASKS)  # comma-separated
+    tasks: str = ",".join(TASKS)  # comma-separated; also "wikitext" (word perplexity, bits per byte)
+    wikitext: str | None = None  # wikitext's file (wiki.test.raw); default: <data>/wikitext2/wiki.test.raw
     limit: int | None = None  # the first N items of each task (a quick look)
     batch_tokens: int = 4096  # tokens (contexts + choices) scored per forward
     out: str | None = None  # where the reports go; default: beside the model folder
@@ -236,9 +237,10 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         require(self, "data")
-        unknown = [t for t in self.task_list if t not in TASKS]
+        unknown = [t for t in self.task_list if t not in TASKS and t != "wikitext"]
         if unknown:
-            raise ConfigError(f"tasks: unknown {', '.join(unknown)}; expected some of {', '.join(TASKS)}")
+            known = ", ".join([*TASKS, "wikitext"])
+            raise ConfigError(f"tasks: unknown {', '.join(unknown)}; expected some of {known}")
         if self.batch_tokens < 1 or (self.limit is not None and self.limit < 1):
             raise ConfigError("batch_tokens and limit must be positive")
 
@@ -251,6 +253,10 @@ def format_table(results: list[dict]) -> str:
     """One line per task: items, acc ± stderr, acc_norm ± stderr (or LAMBADA's perplexity)."""
     lines = [f"{'task':<14} {'items':>6}  {'acc':>15}  {'acc_norm / ppl':>15}"]
     for r in results:
+        if r["task"] == "wikitext":
+            ppl, bpb = r["word_perplexity"], r["bits_per_byte"]
+            lines.append(f"{'wikitext':<14} {r['items']:>6}  word ppl {ppl:.2f}, bits/byte {bpb:.4f}")
+            continue
         acc = f"{100 * r['acc']:6.2f} ± {100 * r['acc_stderr']:5.2f}"
         if "acc_norm" in r:
             other = f"{100 * r['acc_norm']:6.2f} ± {100 * r['acc_norm_stderr']:5.2f}"
@@ -277,7 +283,7 @@ def write_suite(results: list[dict], out_dir: Path, model: str) -> Path:
         tmp.write_text(json.dumps({"model": model, "results": figures}, indent=2), encoding="utf-8")
     fig, ax = plt.subplots(figsize=(1.6 * len(results) + 2, 3.5))
     x = range(len(results))
-    ax.bar([i - 0.2 for i in x], [100 * r["acc"] for r in results], 0.4, label="acc")
+    ax.bar([i - 0.2 for i in x], [100 * r.get("acc", math.nan) for r in results], 0.4, label="acc")
     ax.bar([i + 0.2 for i in x], [100 * r.get("acc_norm", math.nan) for r in results], 0.4, label="acc_norm")
     ax.set_xticks(list(x), [r["task"] for r in results])
     ax.set_ylabel("%")
