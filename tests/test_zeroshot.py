@@ -17,13 +17,8 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.evaluate.loglik import encode_pair, score_requests
-from lmforge.evaluate.wikitext import (
-    detokenize,
-    rolling_loglik,
-    rolling_windows,
-    run_wikitext,
-    wikitext_pages,
-)
+from lmforge.evaluate.perplexity import sliding_nll
+from lmforge.evaluate.wikitext import detokenize, run_wikitext, wikitext_pages
 from lmforge.evaluate.zeroshot import TASKS, Item, hellaswag_preprocess, run_task, stderr, task_metrics
 from lmforge.models.gpt import GPT, GPTConfig
 
@@ -178,31 +173,46 @@ def test_the_real_files_have_their_official_sizes(shared_data):
         assert all(0 <= it.gold < len(it.choices) for it in items)
 
 
+def harness_windows(tokens: list[int], prefix: int, width: int) -> list[tuple[list[int], list[int]]]:
+    """(inputs, targets) of lm-evaluation-harness's rolling windows with context 1, transcribed: the
+    first window is the prefix token then the first width - 1 tokens; each next one predicts the next
+    width tokens from the width tokens before its end."""
+    first = min(width, len(tokens))
+    windows = [([prefix, *tokens[: first - 1]], tokens[:first])]
+    done = first
+    while done < len(tokens):
+        n = min(len(tokens) - done, width)
+        end = done + n
+        windows.append((tokens[end - width - 1 : end - 1], tokens[end - n : end]))
+        done = end
+    return windows
+
+
 def test_rolling_windows_score_every_token_once_within_the_context():
     tokens = list(range(10, 33))  # 23 tokens
-    windows = rolling_windows(tokens, prefix=1, width=8)
-    assert windows[0] == ([1, *tokens[:7]], 8)  # the prefix token, then 7: predicts tokens 0..7
-    assert [n for _, n in windows] == [8, 8, 7] and all(len(inputs) <= 8 for inputs, _ in windows)
+    windows = harness_windows(tokens, prefix=1, width=8)
+    assert windows[0] == ([1, *tokens[:7]], tokens[:8])  # the prefix token, then 7: predicts tokens 0..7
+    assert [len(t) for _, t in windows] == [8, 8, 7] and all(len(inputs) <= 8 for inputs, _ in windows)
     assert windows[1][0] == tokens[7:15] and windows[2][0] == tokens[14:22]  # full context for the last
+    assert [t for _, targets in windows for t in targets] == tokens  # every token once
 
 
 def test_rolling_loglik_is_the_sum_over_its_windows(model):
+    """WikiText's log-likelihood (sliding_nll over prefix + tokens, stride = context) is the sum over
+    the harness's windows, each scored on its own."""
     g = torch.Generator().manual_seed(4)
     tokens = torch.randint(4, 300, (60,), generator=g).tolist()  # 3 windows of the 24-token context
     want = 0.0
-    for inputs, n in rolling_windows(tokens, 1, 24):
-        start = tokens.index(inputs[1]) if inputs[0] == 1 else tokens.index(inputs[0]) + 1
-        targets = tokens[start : start + len(inputs)][-n:]
+    for inputs, targets in harness_windows(tokens, 1, 24):
         with torch.no_grad():
             logp = model(torch.tensor([inputs]))[0].log_softmax(dim=-1)
-        want += sum(float(logp[len(inputs) - n + j, t]) for j, t in enumerate(targets))
-    assert rolling_loglik(model, tokens, 1, batch_size=2) == pytest.approx(want, abs=1e-3)
+        want += sum(float(logp[len(inputs) - len(targets) + j, t]) for j, t in enumerate(targets))
+    assert -sliding_nll(model, [1, *tokens], 24, 24)[0] == pytest.approx(want, abs=1e-3)
     short = tokens[:10]  # one window: the prefix then the text, scored as a whole sequence
     with torch.no_grad():
         logp = model(torch.tensor([[1, *short[:-1]]]))[0].log_softmax(dim=-1)
-    assert rolling_loglik(model, short, 1) == pytest.approx(
-        sum(float(logp[j, t]) for j, t in enumerate(short)), abs=1e-4
-    )
+    whole = sum(float(logp[j, t]) for j, t in enumerate(short))
+    assert -sliding_nll(model, [1, *short], 24, 24)[0] == pytest.approx(whole, abs=1e-4)
 
 
 def test_wikitext_pages_detokenizer_and_counts(tmp_path, model, bpe_tokenizer):

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lmforge.models.losses import CHUNK_LOGITS
 from lmforge.tokenizer.core import Tokenizer
-
-CHUNK_LOGITS = 1 << 24  # continuation logits scored at once (64 MiB in fp32)
 
 
 @dataclass

@@ -124,6 +124,8 @@ def sliding_nll(model: nn.Module, ids: list[int], context: int, stride: int) -> 
     for first in range(1, len(ids), stride):
         end = min(first + stride, len(ids))  # targets first..end-1
         start = max(0, end - 1 - context)
-        logits = model(tokens[None, start : end - 1])[0]  # position j predicts token start + j + 1
-        nll += losses.cross_entropy(logits[first - 1 - start :], tokens[first:end], reduction="sum").item()
+        targets = torch.full((end - 1 - start,), losses.IGNORE_INDEX, device=tokens.device)
+        targets[first - 1 - start :] = tokens[first:end]  # position j predicts token start + j + 1
+        # the model's fused head + CE: a long window's (context x vocabulary) logits are never stored
+        nll += model(tokens[None, start : end - 1], targets=targets[None]).item() * (end - first)
     return nll, max(len(ids) - 1, 0)

@@ -27,7 +27,7 @@ from lmforge.models.layers import (
     gelu,
     make_norm,
 )
-from lmforge.models.losses import cross_entropy, linear_cross_entropy
+from lmforge.models.losses import head_cross_entropy
 
 
 @dataclass
@@ -148,7 +148,7 @@ class GPT(nn.Module):
     ) -> Tensor:
         """Logits (B, T, vocab) for ``input_ids`` (B, T); with ``head=False`` the final-normed hidden
         states (B, T, d_model) instead, for task heads (through ``forward``, so DDP/FSDP hooks run);
-        with ``targets`` (B, T) the mean cross-entropy, the head fused into it (``linear_cross_entropy``:
+        with ``targets`` (B, T) the mean cross-entropy, the head fused into it (``head_cross_entropy``:
         the logits are never stored, which pays most in training).
 
         positions: (B, T) absolute positions (default: after what the cache holds).
@@ -166,9 +166,7 @@ class GPT(nn.Module):
             x = block(x, rope=rope, mask=mask, cache=cache, layer=i, cache_index=cache_index)
         x = self.norm_f(x[:, -1:] if last_only else x)
         if targets is not None:
-            if type(self.lm_head) is nn.Linear:  # an adapted head (LoRA) computes its own logits
-                return linear_cross_entropy(x, self.lm_head.weight, targets)
-            return cross_entropy(self.lm_head(x), targets)
+            return head_cross_entropy(x, self.lm_head, targets)
         return self.lm_head(x) if head else x
 
     def loss(self, input_ids: Tensor, targets: Tensor) -> Tensor:

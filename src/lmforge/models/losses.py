@@ -125,6 +125,21 @@ def linear_cross_entropy(
     )
 
 
+def head_cross_entropy(
+    h: Tensor,
+    head: torch.nn.Module,
+    targets: Tensor,
+    label_smoothing: float = 0.0,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """CE of the output layer's logits head(h) (+ a fixed ``bias``): fused (``linear_cross_entropy``)
+    for a plain bias-free ``nn.Linear``; an adapted head (LoRA) computes its logits first."""
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return linear_cross_entropy(h, head.weight, targets, label_smoothing=label_smoothing, bias=bias)
+    logits = head(h) if bias is None else head(h) + bias
+    return cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
 def perplexity(mean_nll: float) -> float:
     """exp(mean negative log-likelihood in nats); inf when that overflows (a diverged model)."""
     try:

@@ -29,7 +29,7 @@ from lmforge.models.layers import (
     attention_mask,
     decode_positions_and_mask,
 )
-from lmforge.models.losses import cross_entropy, linear_cross_entropy
+from lmforge.models.losses import head_cross_entropy
 
 MemoryKV = list[tuple[Tensor, Tensor]]  # per decoder layer: the memory's cross-attention K, V
 
@@ -212,17 +212,13 @@ class Seq2Seq(nn.Module):
         (the decoder start token, then y_1..y_{T-1}); padding at the target's end needs no mask, as
         causal attention never lets a real token see it. With ``labels`` (B, T): the mean
         cross-entropy (label-smoothed by ``label_smoothing``), the head fused into it
-        (``linear_cross_entropy``: the logits are never stored)."""
+        (``head_cross_entropy``: the logits are never stored)."""
         memory = self.encode(src_ids, src_valid)
         if labels is None:
             return self.decode(tgt_ids, memory, src_valid, head=head)
         states = self.decode(tgt_ids, memory, src_valid, head=False)
         bias = self.logits_bias if self.config.logits_bias else None
-        if type(self.lm_head) is not nn.Linear:  # an adapted head (LoRA) computes its own logits
-            return cross_entropy(self.logits(states), labels, label_smoothing=label_smoothing)
-        return linear_cross_entropy(
-            states, self.lm_head.weight, labels, label_smoothing=label_smoothing, bias=bias
-        )
+        return head_cross_entropy(states, self.lm_head, labels, label_smoothing, bias)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """A KV cache for the decoder's self-attention (cross-attention uses ``memory_kv``)."""
