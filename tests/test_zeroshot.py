@@ -48,7 +48,8 @@ def test_batched_shared_context_scores_equal_the_formula(model):
     rand = lambda n: torch.randint(4, 300, (n,), generator=g).tolist()  # noqa: E731
     contexts = [rand(3), rand(11), rand(1), rand(30)]  # left padding; the last one is cut from the left
     continuations = [[rand(1), rand(4)], [rand(2), rand(2), rand(6)], [rand(5)], [rand(3), rand(1)]]
-    got = score_requests(model, contexts, continuations, batch_tokens=20)  # several batches
+    questions = [[(c, x) for x in choices] for c, choices in zip(contexts, continuations)]
+    got = score_requests(model, questions, batch_tokens=20)  # several batches
     for context, choices, scores in zip(contexts, continuations, got):
         assert len(scores) == len(choices)
         for choice, score in zip(choices, scores):
@@ -57,12 +58,31 @@ def test_batched_shared_context_scores_equal_the_formula(model):
             assert score.greedy == greedy and score.tokens == len(choice)
 
 
+def test_requests_share_only_their_contexts_common_prefix(model):
+    g = torch.Generator().manual_seed(2)
+    rand = lambda n: torch.randint(4, 300, (n,), generator=g).tolist()  # noqa: E731
+    base = rand(6)
+    questions = [
+        [(base + rand(3), rand(2)), (base + rand(1), rand(4)), (base, rand(3))],  # Winogrande-like
+        [([1, *rand(4)], rand(2)), ([2, *rand(5)], rand(1))],  # nothing shared: scored one by one
+        [(base + rand(20), rand(3)), (base + rand(2), rand(2))],  # too long together: split, cut
+        [(rand(3), rand(30))],  # a continuation longer than the window: its last tokens that fit
+    ]
+    for batch_tokens in (1, 4096):  # a row per forward, or every tree packed side by side
+        got = score_requests(model, questions, batch_tokens)
+        for requests, scores in zip(questions[:3], got):
+            for (context, continuation), score in zip(requests, scores):
+                want, greedy = literal(model, context, continuation)
+                assert score.loglik == pytest.approx(want, abs=1e-4) and score.greedy == greedy
+        assert got[3][0].tokens == model.config.max_seq_len
+
+
 def test_greedy_is_true_when_every_continuation_token_is_the_argmax(model):
     context = [5, 6, 7]
     with torch.no_grad():
         first = int(model(torch.tensor([context]))[0, -1].argmax())
         second = int(model(torch.tensor([[*context, first]]))[0, -1].argmax())
-    scores = score_requests(model, [context], [[[first, second], [first, (second + 1) % 300]]])[0]
+    scores = score_requests(model, [[(context, [first, second]), (context, [first, (second + 1) % 300])]])[0]
     assert scores[0].greedy and not scores[1].greedy
 
 

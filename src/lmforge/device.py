@@ -11,7 +11,12 @@ import torch
 
 from lmforge.errors import LmforgeError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -33,7 +38,7 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; else the named dtype (float32, bfloat16, float16)."""
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; else the named dtype (one of DTYPES)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:

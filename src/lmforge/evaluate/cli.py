@@ -190,6 +190,7 @@ def run_seq2seq(args: argparse.Namespace) -> int:
 def run_suite(args: argparse.Namespace) -> int:
     """Score the zero-shot tasks; print the table and write the reports beside the model folder, i.e. in
     its run folder, or in --out."""
+    from lmforge.device import pick_dtype
     from lmforge.evaluate.classify import model_folder
     from lmforge.evaluate.perplexity import load_for_eval
     from lmforge.evaluate.wikitext import run_wikitext
@@ -197,6 +198,7 @@ def run_suite(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(SuiteConfig, args)
     model, _, tokenizer = load_for_eval(args.model, cfg.device)
+    model.to(pick_dtype(cfg.dtype, model.lm_head.weight.device))
     if tokenizer is None:
         raise LmforgeError(f"{args.model}: no tokenizer found beside the model")
     results = []

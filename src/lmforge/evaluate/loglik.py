@@ -2,12 +2,15 @@
 
     loglik(c | x) = sum_j log p(c_j | x, c_<j),   greedy(c | x) = every c_j is the argmax
 
-Requests that share a context (a question's choices) are scored together: the contexts of a batch of
-questions run once, left-padded, into a KV cache, whose rows are then repeated for each choice, and all
-the choices continue from it in one forward. So a context is computed once however many choices it has,
-and no Python loop runs over tokens. Tokens are split as lm-evaluation-harness splits them: the context
-alone, and the continuation as what the whole text's tokens add after the context's (trailing spaces of
-the context move to the continuation first).
+The requests of a question (its choices) are scored together in one forward, as a tree: the tokens
+their contexts share run once, each request's own tokens (the rest of its context, then its
+continuation) follow them in the same row, and an attention mask lets each request's tokens see the
+shared ones and their own, never another request's. Positions restart after the shared part for every
+request, so each token sees exactly the sequence it would see alone. Questions are packed side by side
+into rows (the mask keeps them apart), so there is hardly any padding; the output layer runs only where
+a continuation token is predicted, and no Python loop runs over tokens. Tokens are split as
+lm-evaluation-harness splits them: the context alone, and the continuation as what the whole text's
+tokens add after the context's (trailing spaces of the context move to the continuation first).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import Tensor, nn
 from lmforge.models.losses import CHUNK_LOGITS
 from lmforge.tokenizer.core import Tokenizer
 
+Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
+
 
 @dataclass
 class Score:
@@ -28,7 +33,7 @@ class Score:
     tokens: int  # continuation tokens scored
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> Request:
     """(context ids, continuation ids) as the harness's ``_encode_pair`` makes them."""
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
@@ -38,99 +43,148 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return context_ids, whole[len(context_ids) :]
 
 
-def continuation_scores(logits: Tensor, targets: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row: the summed log p of ``targets`` (N, L) under ``logits`` (N, L, V) over the ``valid``
-    positions, and whether each was the argmax; the (N, L, V) log-probabilities are never stored."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets[..., None])[..., 0]
-    logp = picked - logits.logsumexp(dim=-1)
-    best = logits.argmax(dim=-1) == targets
-    return (logp * valid).sum(dim=1), (best | ~valid).all(dim=1)
+def wide(x: Tensor) -> Tensor:
+    """``x`` in at least fp32 (a float64 model's logits stay float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@dataclass
+class _Tree:
+    """A question laid out for one row: ``shared`` tokens, then each request's own ``tails``, of which
+    the last ``scored[i]`` tokens are its continuation."""
+
+    question: int
+    requests: list[int]  # the question's request indices, one per tail
+    shared: list[int]
+    tails: list[list[int]]
+    scored: list[int]
+
+    def __len__(self) -> int:  # the slots it fills: a tail's last token is never fed
+        return len(self.shared) + sum(len(t) - 1 for t in self.tails)
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    n = min(map(len, sequences))
+    for i in range(n):
+        if any(s[i] != sequences[0][i] for s in sequences):
+            return i
+    return n
+
+
+def _trees(questions: list[list[Request]], limit: int) -> list[_Tree]:
+    """A tree per question; a question whose requests share no first token, or too long for the model
+    (more than ``limit`` = max_seq_len + 1 tokens on a path), is split into one tree per request, its
+    context then cut from the left to fit, as the harness cuts."""
+    trees = []
+    for q, requests in enumerate(questions):
+        for context, continuation in requests:
+            if not context or not continuation:
+                raise ValueError("an empty context or continuation: nothing to condition on or to score")
+        shared = _common_prefix([c for c, _ in requests])
+        together = shared and max(len(c) + len(x) for c, x in requests) <= limit
+        groups = [list(range(len(requests)))] if together else [[k] for k in range(len(requests))]
+        for ks in groups:
+            paths = [(requests[k][0] + requests[k][1])[-limit:] for k in ks]
+            contexts = [len(p) - len(requests[k][1]) for p, k in zip(paths, ks)]
+            cut = max(1, min(_common_prefix(paths), *contexts))  # a continuation longer than the
+            tails = [p[cut:] for p in paths]  # model's window keeps its last tokens that fit
+            scored = [min(len(requests[k][1]), len(t)) for k, t in zip(ks, tails)]
+            trees.append(_Tree(q, ks, paths[0][:cut], tails, scored))
+    return trees
+
+
+ROW = 256  # tokens a row holds at least: packing more short trees per row costs attention over the row
 
 
 @torch.no_grad()
 def score_requests(
-    model: nn.Module,
-    contexts: list[list[int]],
-    continuations: list[list[list[int]]],
-    batch_tokens: int = 4096,
+    model: nn.Module, questions: list[list[Request]], batch_tokens: int = 4096
 ) -> list[list[Score]]:
-    """Scores of ``continuations[q][k]`` given ``contexts[q]`` for every question q and choice k.
+    """The score of every request (context, continuation) of every question.
 
-    Questions go in batches of about ``batch_tokens`` tokens (contexts + choices), longest first so that
-    padding is small. A request longer than the model's context keeps its last ``max_seq_len`` + 1
-    tokens (the context is cut from the left, as the harness cuts): its choices are then scored one by
-    one, each with as much context as it leaves room for.
+    A question's requests are scored together, their contexts' shared tokens computed once (see the
+    module's docstring). Trees are packed, longest first, into rows as long as the longest tree (or
+    ``ROW`` tokens), and about ``batch_tokens`` tokens of rows go through the model at a time.
     """
-    limit = model.config.max_seq_len + 1
-    groups = []  # (question, its choices' indices, context)
-    for q, (context, choices) in enumerate(zip(contexts, continuations)):
-        if len(context) + max(map(len, choices)) <= limit:
-            groups.append((q, list(range(len(choices))), context))
-        else:
-            groups += [(q, [k], context[-(limit - len(c)) :]) for k, c in enumerate(choices)]
-    size = [len(g[2]) + max(len(continuations[g[0]][k]) for k in g[1]) for g in groups]
-    order = sorted(range(len(groups)), key=lambda i: -size[i])
-    out: list[list[Score | None]] = [[None] * len(choices) for choices in continuations]
+    trees = _trees(questions, model.config.max_seq_len + 1)
+    rows: list[list[_Tree]] = []
+    room: list[int] = []
+    for tree in sorted(trees, key=len, reverse=True):  # first fit, decreasing: rows nearly full
+        fits = next((r for r, free in enumerate(room) if free >= len(tree)), None)
+        if fits is None:
+            rows.append([])
+            room.append(max(ROW, len(tree)))
+            fits = len(rows) - 1
+        rows[fits].append(tree)
+        room[fits] -= len(tree)
+    out: list[list[Score | None]] = [[None] * len(requests) for requests in questions]
     start = 0
-    while start < len(order):
-        end, tokens = start, 0
-        while end < len(order) and (end == start or tokens < batch_tokens):
-            q, ks, context = groups[order[end]]
-            tokens += len(context) + sum(len(continuations[q][k]) for k in ks)
-            end += 1
-        batch = [groups[i] for i in order[start:end]]
-        chosen = [[continuations[q][k] for k in ks] for q, ks, _ in batch]
-        for (q, ks, _), scores in zip(batch, _score_batch(model, [g[2] for g in batch], chosen)):
-            for k, score in zip(ks, scores):
-                out[q][k] = score
+    while start < len(rows):  # rows are in decreasing width: a batch pads little
+        width = sum(map(len, rows[start]))
+        end = start + max(1, batch_tokens // max(width, 1))
+        for tree, scores in _score_rows(model, rows[start:end]):
+            for k, score in zip(tree.requests, scores):
+                out[tree.question][k] = score
         start = end
     return out  # type: ignore[return-value]
 
 
-def _score_batch(
-    model: nn.Module, contexts: list[list[int]], continuations: list[list[list[int]]]
-) -> list[list[Score]]:
+def _score_rows(model: nn.Module, rows: list[list[_Tree]]) -> list[tuple[_Tree, list[Score]]]:
+    """One forward over the packed rows; each tree's requests' scores."""
     device = model.lm_head.weight.device
-    longest = [max(map(len, choices)) for choices in continuations]
-    if any(n == 0 for choices in continuations for n in map(len, choices)):
-        raise ValueError("an empty continuation has no tokens to score")
-    if any(not c for c in contexts):
-        raise ValueError("an empty context: give the model a first token to condition on")
-    width, cont_width = max(map(len, contexts)), max(longest) - 1
-    pads = torch.tensor([width - len(c) for c in contexts], device=device)
-    ids = torch.tensor([[0] * (width - len(c)) + c for c in contexts], device=device)
-    slots = torch.arange(width + cont_width, device=device)
-    valid = slots[None] >= pads[:, None]  # key_valid: False at each context's left padding
-    positions = (slots[None, :width] - pads[:, None]).clamp(min=0)
-    cache = model.new_cache(len(contexts), width + cont_width)
-    last = model(ids, positions=positions, key_valid=valid[:, :width], cache=cache, last_only=True)[:, -1]
-
-    rows = torch.tensor([q for q, choices in enumerate(continuations) for _ in choices], device=device)
-    flat = [c for choices in continuations for c in choices]
-    first = torch.tensor([c[0] for c in flat], device=device)
-    first_logits = last.float()[rows]
-    total = first_logits.gather(1, first[:, None])[:, 0] - first_logits.logsumexp(dim=-1)
-    greedy = first_logits.argmax(dim=-1) == first
-    if cont_width:
-        cache.reorder(rows)
-        fed = torch.tensor([c[:-1] + [0] * (cont_width - len(c) + 1) for c in flat], device=device)
-        targets = torch.tensor([c[1:] + [0] * (cont_width - len(c) + 1) for c in flat], device=device)
-        counts = torch.tensor([len(c) - 1 for c in flat], device=device)
-        scored = torch.arange(cont_width, device=device)[None] < counts[:, None]
-        lengths = torch.tensor([len(c) for c in contexts], device=device)[rows]
-        pos = lengths[:, None] + torch.arange(cont_width, device=device)[None]
-        pos = pos.clamp(max=model.config.max_seq_len - 1)  # padding past a short choice: never read
-        hidden = model(fed, positions=pos, key_valid=valid[rows], cache=cache, head=False)
-        step = max(1, CHUNK_LOGITS // (cont_width * model.lm_head.weight.size(0)))
-        for i in range(0, len(flat), step):  # the logits of a few rows at a time
-            part = slice(i, i + step)
-            rest, rest_greedy = continuation_scores(model.lm_head(hidden[part]), targets[part], scored[part])
-            total[part] += rest
-            greedy[part] &= rest_greedy
-    scores = [Score(float(s), bool(g), len(c)) for s, g, c in zip(total.tolist(), greedy.tolist(), flat)]
+    width = max(sum(map(len, row)) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    group = torch.full((len(rows), width), -1, dtype=torch.long)  # the tree of each slot (-1: padding)
+    branch = torch.zeros(len(rows), width, dtype=torch.long)  # 0: shared tokens, i + 1: request i's own
+    at, target, request = [], [], []  # per scored token: (row, slot) predicting it, the token, its request
+    done: list[tuple[_Tree, int]] = []
+    for r, row in enumerate(rows):
+        offset = 0
+        for tree in row:
+            n = len(tree.shared)
+            ids[r, offset : offset + n] = torch.tensor(tree.shared)
+            positions[r, offset : offset + n] = torch.arange(n)
+            group[r, offset : offset + len(tree)] = len(done)
+            slot = offset + n
+            for i, (tail, scored) in enumerate(zip(tree.tails, tree.scored)):
+                fed = tail[:-1]  # the last token predicts nothing scored
+                ids[r, slot : slot + len(fed)] = torch.tensor(fed, dtype=torch.long)
+                positions[r, slot : slot + len(fed)] = torch.arange(n, n + len(fed))
+                branch[r, slot : slot + len(fed)] = i + 1
+                for j in range(len(tail) - scored, len(tail)):  # its predictor: token j - 1 of the path
+                    at.append((r, offset + n - 1 if j == 0 else slot + j - 1))
+                    target.append(tail[j])
+                    request.append(len(done) + i)
+                slot += len(fed)
+            done += [(tree, i) for i in range(len(tree.tails))]
+            offset += len(tree)
+    same_tree = group[:, :, None] == group[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+    mask = (same_tree & causal & visible)[:, None].to(device)
+    hidden = model(ids.to(device), positions=positions.to(device), attention=mask, head=False)
+    where = torch.tensor(at, device=device)
+    hidden = hidden[where[:, 0], where[:, 1]]
+    target_t = torch.tensor(target, device=device)
+    logp = torch.empty(len(target), dtype=wide(hidden).dtype, device=device)
+    best = torch.empty(len(target), dtype=torch.bool, device=device)
+    step = max(1, CHUNK_LOGITS // model.lm_head.weight.size(0))
+    for i in range(0, len(target), step):  # the logits of a few thousand tokens at a time
+        logits = wide(model.lm_head(hidden[i : i + step]))
+        t = target_t[i : i + step, None]
+        logp[i : i + step] = (logits.gather(1, t) - logits.logsumexp(dim=-1, keepdim=True))[:, 0]
+        best[i : i + step] = logits.argmax(dim=-1) == t[:, 0]
+    owner = torch.tensor(request, device=device)
+    total = torch.zeros(len(done), dtype=logp.dtype, device=device).index_add_(0, owner, logp)
+    misses = torch.zeros(len(done), dtype=torch.long, device=device).index_add_(0, owner, (~best).long())
+    scores = [
+        Score(loglik, missed == 0, tree.scored[i])
+        for loglik, missed, (tree, i) in zip(total.tolist(), misses.tolist(), done)
+    ]
     out, i = [], 0
-    for choices in continuations:
-        out.append(scores[i : i + len(choices)])
-        i += len(choices)
+    for r in rows:
+        for tree in r:
+            out.append((tree, scores[i : i + len(tree.tails)]))
+            i += len(tree.tails)
     return out

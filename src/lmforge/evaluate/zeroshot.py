@@ -25,6 +25,7 @@ import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
@@ -180,24 +181,13 @@ def task_metrics(task: str, items: list[Item], logliks: list[list[float]], greed
 def score_items(
     model: nn.Module, tokenizer: Tokenizer, items: list[Item], batch_tokens: int = 4096
 ) -> list[list[Score]]:
-    """Each item's choice scores: a shared context is one question of several choices; Winogrande's
-    per-option contexts are one question each."""
-    contexts, continuations, owner = [], [], []
-    for i, it in enumerate(items):
-        pairs = [encode_pair(tokenizer, c, " " + choice) for c, choice in zip(_contexts(it), it.choices)]
-        if len(it.contexts) == 1:
-            contexts.append(pairs[0][0])
-            continuations.append([p[1] for p in pairs])
-            owner.append(i)
-        else:
-            for context, continuation in pairs:
-                contexts.append(context)
-                continuations.append([continuation])
-                owner.append(i)
-    scores: list[list[Score]] = [[] for _ in items]
-    for i, question in zip(owner, score_requests(model, contexts, continuations, batch_tokens)):
-        scores[i].extend(question)
-    return scores
+    """Each item's choice scores: an item is one question of its choices' requests, so their shared
+    context (Winogrande: the sentence before the blank) is computed once."""
+    questions = [
+        [encode_pair(tokenizer, c, " " + choice) for c, choice in zip(_contexts(it), it.choices)]
+        for it in items
+    ]
+    return score_requests(model, questions, batch_tokens)
 
 
 def _contexts(item: Item) -> list[str]:
@@ -234,6 +224,7 @@ class SuiteConfig:
     batch_tokens: int = 4096  # tokens (contexts + choices) scored per forward
     out: str | None = None  # where the reports go; default: beside the model folder
     device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"  # auto: bf16 on CUDA
 
     def __post_init__(self) -> None:
         require(self, "data")

@@ -145,6 +145,7 @@ class GPT(nn.Module):
         last_only: bool = False,
         head: bool = True,
         targets: Tensor | None = None,
+        attention: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab) for ``input_ids`` (B, T); with ``head=False`` the final-normed hidden
         states (B, T, d_model) instead, for task heads (through ``forward``, so DDP/FSDP hooks run);
@@ -155,8 +156,11 @@ class GPT(nn.Module):
         key_valid: (B, S) bool, False at padding, covering every key attended to (cached + new).
         cache / cache_index: the KV cache, and (for fixed-shape decoding) the slots to write.
         last_only: the last position only (all generation needs).
+        attention: (B, 1, T, S) bool, which keys each query sees, in place of the causal mask (a tree of
+            requests that share a prefix, evaluate/loglik.py); give ``positions`` with it.
         """
         positions, mask = decode_positions_and_mask(input_ids, positions, key_valid, cache, cache_index)
+        mask = mask if attention is None else attention
         x = self.tok_emb(input_ids)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
