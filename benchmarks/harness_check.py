@@ -8,9 +8,11 @@ JSON file, written from ``$LMFORGE_SHARED/data/eval`` in the Hub dataset's schem
 suite`` runs on the lmforge folder over the same first ``--limit`` items. Both run as fresh processes
 on the same threads; the wall time of each (start to exit, model loading included) is the median of
 ``--repeats`` alternating runs. Compared per item: every choice's log-likelihood (max and 99.9th
-percentile of |difference|), the acc and acc_norm decisions, and the final figures.
+percentile of |difference|), the acc and acc_norm decisions, and the final figures. Run in float64 too
+(one run each), the two tools agree to rounding, which shows the scoring rule is the same; each tool's
+float32 log-likelihoods are then compared with those exact ones.
 
-    python benchmarks/harness_check.py [--model DIR] [--limit 100] [--repeats 1] [--batch-size 16]
+    python benchmarks/harness_check.py [--model DIR] [--limit 100] [--repeats 3] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from _report import machine, summary, write_json
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 OUT = Path(__file__).with_name("harness_check.json")
+LMFORGE = [sys.executable, "-m", "lmforge"]
 TASKS = ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "lambada"]
 HARNESS = "lm-eval==0.4.13"
 # lmforge task: (the harness's task file under lm_eval/tasks, the split that file evaluates)
@@ -167,13 +170,15 @@ def lmforge_model(path: str | None) -> Path:
         sys.path.insert(0, str(Path(__file__).parent))
         from quantize import gguf_file
 
-        cmd = ["lmforge", "convert", "--from-gguf", str(gguf_file()), str(folder), "--overwrite"]
+        cmd = [*LMFORGE, "convert", "--from-gguf", str(gguf_file()), str(folder), "--overwrite"]
         subprocess.run(cmd, check=True)
     return folder
 
 
-def run(args: argparse.Namespace, model: Path, work: Path, dtype: str) -> dict:
-    """Both tools on the same items in ``dtype``, alternating; the comparison and the wall times."""
+def run(args: argparse.Namespace, model: Path, work: Path, dtype: str, logliks: dict) -> dict:
+    """Both tools on the same items in ``dtype``, alternating (float64, a check of exactness, runs
+    once); the comparison and the wall times. Every choice's log-likelihood goes into
+    ``logliks[dtype][tool]``."""
     from lmforge.evaluate.zeroshot import TASKS as READERS
 
     tasks, data = args.tasks.split(","), Path(args.data)
@@ -186,23 +191,26 @@ def run(args: argparse.Namespace, model: Path, work: Path, dtype: str) -> dict:
         "--log_samples", "--output_path", str(work / "harness"),
     ]  # fmt: skip
     ours_cmd = [
-        "lmforge", "eval", "suite", str(model), "--data", str(data), "--tasks", ",".join(tasks),
+        *LMFORGE, "eval", "suite", str(model), "--data", str(data), "--tasks", ",".join(tasks),
         "--limit", str(args.limit), "--out", str(work / "lmforge"), "--device", "cpu", f"dtype={dtype}",
     ]  # fmt: skip
     times: dict[str, list[float]] = {"harness": [], "lmforge": []}
-    for _ in range(args.repeats):  # alternating, each a fresh process
+    for _ in range(1 if dtype == "float64" else args.repeats):  # alternating, each a fresh process
         shutil.rmtree(work / "harness", ignore_errors=True)
         times["harness"].append(timed(harness_cmd, env))
         times["lmforge"].append(timed(ours_cmd, env))
         last = {k: round(v[-1], 1) for k, v in times.items()}
         print(f"{dtype}: wall s {last}", flush=True)
     rows = {}
+    logliks[dtype] = {"lmforge": [], "harness": []}
     for task in tasks:
         ours = json.loads((work / "lmforge" / f"eval-{task}.json").read_text())
         lengths = [it.lengths for it in READERS[task](data)[: args.limit]]
         theirs = harness_figures(work / "harness", task)
         figures = {k: [ours[k], theirs[k]] for k in ("acc", "acc_norm", "perplexity") if k in ours}
         theirs_items = harness_items(work / "harness", task)
+        logliks[dtype]["lmforge"] += [x for item in ours["per_item"] for x in item["loglik"]]
+        logliks[dtype]["harness"] += [x[0] for item in theirs_items for x in item]
         rows[task] = compare(task, ours, theirs_items, lengths) | {"figures": figures}
     ratio = statistics.median(times["harness"]) / statistics.median(times["lmforge"])
     head = "same acc / acc_norm   lmforge | harness"
@@ -223,8 +231,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "eval"))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--limit", type=int, default=100, help="the first N items of each task")
-    ap.add_argument("--dtypes", default="float64,float32", help="run both tools in each of these")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtypes", default="float32,float64", help="run both tools in each of these")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each tool (float64: one)")
     ap.add_argument("--batch-size", default="16", help="the harness's --batch_size")
     ap.add_argument("--work", help="where exports, task files and outputs go (default: a temporary folder)")
     ap.add_argument("--out", default=str(OUT))
@@ -234,9 +242,18 @@ def main() -> None:
     model = lmforge_model(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="harness-check-"))
     (work / "tasks").mkdir(parents=True, exist_ok=True)
-    subprocess.run(["lmforge", "convert", "--to-hf", str(model), str(work / "hf"), "--overwrite"], check=True)
+    subprocess.run([*LMFORGE, "convert", "--to-hf", str(model), str(work / "hf"), "--overwrite"], check=True)
     harness_tasks(work / "tasks", Path(args.data), args.tasks.split(","))
-    runs = {dtype: run(args, model, work, dtype) for dtype in args.dtypes.split(",")}
+    logliks: dict[str, dict[str, list[float]]] = {}
+    runs = {dtype: run(args, model, work, dtype, logliks) for dtype in args.dtypes.split(",")}
+    if "float64" in logliks:  # how far each tool's figures are from the exact ones
+        exact = logliks["float64"]["lmforge"]
+        for dtype in set(logliks) - {"float64"}:
+            runs[dtype]["max_abs_diff_from_float64"] = far = {
+                tool: max(abs(a - b) for a, b in zip(values, exact))
+                for tool, values in logliks[dtype].items()
+            }
+            print(f"{dtype}: max |loglik - float64 loglik| over every choice: {far}")
     result = {"machine": machine("cpu"), "model": str(model), "harness": HARNESS, "limit": args.limit}
     write_json(args.out, result | {"harness_batch_size": args.batch_size, "runs": runs})
 

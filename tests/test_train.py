@@ -87,6 +87,26 @@ def test_loss_falls_and_run_folder_is_complete(shards, tmp_path):
     assert (tmp_path / "hf" / "config.json").is_file()
 
 
+def test_training_continues_from_a_model_folder(shards, tmp_path):
+    """task.model: the run starts from that folder's weights and config (not model.*, not random)."""
+    Trainer(tiny(shards, tmp_path / "a", "max_steps=40", "eval_every=40", "ckpt_every=40")).run()
+    start = tmp_path / "a" / "model"
+    frozen = ["task.model=" + str(start), "model.n_layer=5", "optim.lr=0", "max_steps=2"]
+    Trainer(tiny(shards, tmp_path / "b", "eval_every=2", "ckpt_every=2", *frozen)).run()
+    first = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] < math.log(300) - 1.0  # a trained model's loss from the first step (random: ~ln V)
+    from lmforge.models.io import load_model
+
+    (a, _), (b, _) = load_model(start), load_model(tmp_path / "b" / "model")
+    assert b.config == a.config  # n_layer=5 ignored: the folder decides the architecture
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ConfigError, match=r"exceeds task\.model's 32"):
+        cfg = tiny(
+            shards, tmp_path / "c", "task.model=" + str(start), "model.max_seq_len=64", "data.seq_len=64"
+        )
+        Trainer(cfg).run()
+
+
 def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
     common = ("optim.decay_steps=20", "ckpt_every=5", "eval_every=5")
     straight = Trainer(tiny(shards, tmp_path / "a", "max_steps=20", *common)).run()

@@ -15,10 +15,12 @@ tokens add after the context's (trailing spaces of the context move to the conti
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from lmforge.models.losses import CHUNK_LOGITS
 from lmforge.tokenizer.core import Tokenizer
@@ -98,26 +100,29 @@ ROW = 256  # tokens a row holds at least: packing more short trees per row costs
 
 @torch.no_grad()
 def score_requests(
-    model: nn.Module, questions: list[list[Request]], batch_tokens: int = 4096
+    model: nn.Module, questions: list[list[Request]], batch_tokens: int = 4096, desc: str | None = None
 ) -> list[list[Score]]:
     """The score of every request (context, continuation) of every question.
 
     A question's requests are scored together, their contexts' shared tokens computed once (see the
-    module's docstring). Trees are packed, longest first, into rows as long as the longest tree (or
-    ``ROW`` tokens), and about ``batch_tokens`` tokens of rows go through the model at a time.
+    module's docstring). Trees are packed (best fit, longest first) into rows as long as the longest tree (or
+    ``ROW`` tokens), and about ``batch_tokens`` tokens of rows go through the model at a time. With
+    ``desc``, a progress bar (of tokens) so labelled.
     """
     trees = _trees(questions, model.config.max_seq_len + 1)
     rows: list[list[_Tree]] = []
-    room: list[int] = []
-    for tree in sorted(trees, key=len, reverse=True):  # first fit, decreasing: rows nearly full
-        fits = next((r for r, free in enumerate(room) if free >= len(tree)), None)
-        if fits is None:
+    room: list[tuple[int, int]] = []  # (free slots, row), sorted
+    for tree in sorted(trees, key=len, reverse=True):  # best fit, decreasing: rows nearly full
+        fits = bisect.bisect_left(room, (len(tree), -1))
+        if fits < len(room):
+            free, r = room.pop(fits)
+        else:
+            free, r = max(ROW, len(tree)), len(rows)
             rows.append([])
-            room.append(max(ROW, len(tree)))
-            fits = len(rows) - 1
-        rows[fits].append(tree)
-        room[fits] -= len(tree)
+        rows[r].append(tree)
+        bisect.insort(room, (free - len(tree), r))
     out: list[list[Score | None]] = [[None] * len(requests) for requests in questions]
+    bar = tqdm(total=sum(map(len, trees)), unit="tok", desc=desc, disable=desc is None, leave=False)
     start = 0
     while start < len(rows):  # rows are in decreasing width: a batch pads little
         width = sum(map(len, rows[start]))
@@ -125,7 +130,9 @@ def score_requests(
         for tree, scores in _score_rows(model, rows[start:end]):
             for k, score in zip(tree.requests, scores):
                 out[tree.question][k] = score
+        bar.update(sum(len(tree) for row in rows[start:end] for tree in row))
         start = end
+    bar.close()
     return out  # type: ignore[return-value]
 
 

@@ -179,7 +179,11 @@ def task_metrics(task: str, items: list[Item], logliks: list[list[float]], greed
 
 
 def score_items(
-    model: nn.Module, tokenizer: Tokenizer, items: list[Item], batch_tokens: int = 4096
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    items: list[Item],
+    batch_tokens: int = 4096,
+    desc: str | None = None,
 ) -> list[list[Score]]:
     """Each item's choice scores: an item is one question of its choices' requests, so their shared
     context (Winogrande: the sentence before the blank) is computed once."""
@@ -187,7 +191,7 @@ def score_items(
         [encode_pair(tokenizer, c, " " + choice) for c, choice in zip(_contexts(it), it.choices)]
         for it in items
     ]
-    return score_requests(model, questions, batch_tokens)
+    return score_requests(model, questions, batch_tokens, desc)
 
 
 def _contexts(item: Item) -> list[str]:
@@ -201,7 +205,7 @@ def run_task(
     if task not in TASKS:
         raise LmforgeError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     items = TASKS[task](Path(data))[:limit]
-    scores = score_items(model, tokenizer, items, batch_tokens)
+    scores = score_items(model, tokenizer, items, batch_tokens, desc=task)
     logliks = [[s.loglik for s in question] for question in scores]
     greedy = [[s.greedy for s in question] for question in scores]
     return {

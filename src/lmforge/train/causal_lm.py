@@ -14,9 +14,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
 from lmforge.models import registry
-from lmforge.models.io import save_model
+from lmforge.models.io import load_model, read_model_config, save_model
 from lmforge.models.losses import perplexity
 from lmforge.tokenizer.shards import TokenShards
 from lmforge.train.config import TrainConfig
@@ -32,8 +33,7 @@ def round_up(n: int, multiple: int) -> int:
 class CausalLM(Objective):
     def setup(self, cfg: TrainConfig, env: DistEnv) -> TrainConfig:
         self.shards = TokenShards(cfg.data.shards)
-        vocab = round_up(self.shards.vocab_size, cfg.vocab_multiple)
-        self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+        self.cfg = cfg = dataclasses.replace(cfg, model=self._model_config(cfg))
         world, global_batch = env.world_size, cfg.batch_size * cfg.grad_accum * env.world_size
         seq_len, seed, rank = cfg.data.seq_len, cfg.seed, env.rank
         self.train_data = WindowSampler(self.shards, "train", seq_len, global_batch, seed, rank, world)
@@ -58,7 +58,27 @@ class CausalLM(Objective):
             file=sys.stderr,
         )
 
+    def _model_config(self, cfg: TrainConfig):
+        """task.model's config (training continues from that folder: domain adaptation, fine-tuning),
+        or model.* with the shards' vocabulary."""
+        if not cfg.task.model:
+            vocab = round_up(self.shards.vocab_size, cfg.vocab_multiple)
+            return dataclasses.replace(cfg.model, vocab_size=vocab)
+        model = read_model_config(cfg.task.model)
+        if model.arch != "gpt":
+            raise ConfigError(f"task.model={cfg.task.model} is a {model.arch} model, not a decoder")
+        if self.shards.vocab_size > model.vocab_size:
+            raise ConfigError(
+                f"{cfg.data.shards} holds ids of {self.shards.vocab_size} tokens, task.model's "
+                f"vocabulary has {model.vocab_size}: shard with the model's tokenizer"
+            )
+        if cfg.data.seq_len > model.max_seq_len:
+            raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds task.model's {model.max_seq_len}")
+        return model
+
     def build_model(self) -> nn.Module:
+        if self.cfg.task.model:
+            return load_model(self.cfg.task.model)[0].train()
         return registry.build(self.cfg.model)
 
     def train_batch(self, step: int) -> Batch:
