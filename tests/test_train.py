@@ -92,7 +92,8 @@ def test_training_continues_from_a_model_folder(shards, tmp_path):
     Trainer(tiny(shards, tmp_path / "a", "max_steps=40", "eval_every=40", "ckpt_every=40")).run()
     start = tmp_path / "a" / "model"
     frozen = ["task.model=" + str(start), "model.n_layer=5", "optim.lr=0", "max_steps=2"]
-    Trainer(tiny(shards, tmp_path / "b", "eval_every=2", "ckpt_every=2", *frozen)).run()
+    settings = [*TINY, f"data.shards={shards}", f"out_dir={tmp_path / 'b'}", "eval_every=2", *frozen]
+    assert main(["pretrain", *settings]) == 0  # no --config: the folder gives the model
     first = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] < math.log(300) - 1.0  # a trained model's loss from the first step (random: ~ln V)
     from lmforge.models.io import load_model

@@ -62,10 +62,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
             raise LmforgeError(f"{args.resume}: no config.yaml; pass --config too")
         path = args.config or saved
         overrides.append(f"out_dir={args.resume}")
-    elif args.config is None:
-        raise LmforgeError("pass --config FILE (or --resume RUN_DIR)")
+    elif args.config is None and not any(o.startswith("task.model=") for o in overrides):
+        raise LmforgeError("pass --config FILE (or --resume RUN_DIR, or task.model=MODEL_DIR to train on)")
     else:
-        path = args.config
+        path = args.config  # with task.model alone, the folder gives the model and the defaults the rest
     cfg = load_config(TrainConfig, path, overrides)
     summary, trainer = train(cfg, resume=bool(args.resume))
     if trainer.env.is_main:
