@@ -22,35 +22,24 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from _report import machine, write_json
+from quantize import lmforge, smollm2
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 OUT = Path(__file__).with_name("eval_suite.json")
-LMFORGE = [sys.executable, "-m", "lmforge"]
 TASKS = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada"
 # SmolLM2-135M (base, 8k) model card, zero-shot with lighteval: not the harness's prompts
 CARD = {"hellaswag": 42.1, "arc_average": 43.9, "piqa": 68.4, "winogrande": 51.3}
 
 
-def lmforge(*args: str) -> float:
-    print("$ lmforge " + " ".join(args), flush=True)
+def timed(*args: str) -> float:
+    """Run ``lmforge *args``; its wall time."""
     start = time.perf_counter()
-    subprocess.run([*LMFORGE, *args], check=True)
+    lmforge(*args)
     return time.perf_counter() - start
-
-
-def smollm2(work: Path) -> Path:
-    folder = work / "smollm2"
-    if not (folder / "model.safetensors").exists():
-        from quantize import gguf_file
-
-        lmforge("convert", "--from-gguf", str(gguf_file()), str(folder), "--overwrite")
-    return folder
 
 
 def demo(work: Path, minutes: float) -> Path:
@@ -78,9 +67,9 @@ def evaluate(model: Path, out: Path, limit: int | None, articles: int) -> dict:
     """The six tasks, then WikiText (its own --limit: articles), each a fresh process."""
     suite = ["eval", "suite", str(model), "--data", str(SHARED / "eval")]
     first = ["--limit", str(limit)] if limit else []
-    wall = lmforge(*suite, "--tasks", TASKS, *first, "--out", str(out / "tasks"))
+    wall = timed(*suite, "--tasks", TASKS, *first, "--out", str(out / "tasks"))
     wiki = ["--wikitext", str(SHARED / "wikitext2" / "wiki.test.raw"), "--limit", str(articles)]
-    wall_wiki = lmforge(*suite, "--tasks", "wikitext", *wiki, "--out", str(out / "wikitext"))
+    wall_wiki = timed(*suite, "--tasks", "wikitext", *wiki, "--out", str(out / "wikitext"))
     results = []
     for part in ("tasks", "wikitext"):
         results += json.loads((out / part / "eval-suite.json").read_text())["results"]
@@ -97,15 +86,14 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--work", type=Path, default=Path("/tmp/lmforge-eval-suite"))
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
     found = json.loads(OUT.read_text())["models"] if OUT.exists() else {}
     for name in args.models.split(","):
         if name == "smollm2":
-            model = smollm2(args.work)
+            model = smollm2(args.work / "smollm2")
         elif name == "demo":
             model = demo(args.work, args.demo_minutes)
         else:
-            model = shakespeare(args.work, smollm2(args.work), args.finetune_steps)
+            model = shakespeare(args.work, smollm2(args.work / "smollm2"), args.finetune_steps)
         limit = args.limit if name == "smollm2" else args.contrast_limit
         found[name] = {"model": str(model), "limit": limit} | evaluate(
             model, args.work / "eval" / name, limit, args.wikitext_articles

