@@ -13,6 +13,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.io import load_model
+from lmforge.tokenizer.chat import CHATML
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +64,7 @@ def write_gguf(hf_dir, tokenizer, path, quantized: bool):
     w.add_bos_token_id(tokenizer.bos_id)
     w.add_eos_token_id(tokenizer.eos_id)
     w.add_pad_token_id(tokenizer.pad_id)
+    w.add_chat_template(CHATML)
     types = [gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1]
     tensors = {
         "token_embd.weight": state["model.embed_tokens.weight"],
@@ -101,6 +103,7 @@ def test_fp32_gguf_is_the_original_model(hf_llama_dir, bpe_tokenizer, tmp_path):
     ids = tokenizer.encode(TEXT)
     assert ids == bpe_tokenizer.encode(TEXT)
     assert tokenizer.eos_id == bpe_tokenizer.eos_id and tokenizer.bos_id == bpe_tokenizer.bos_id
+    assert tokenizer.chat_template == CHATML  # kept from the metadata, saved in tokenizer_config.json
     hf = LlamaForCausalLM.from_pretrained(hf_llama_dir).eval()
     with torch.no_grad():
         torch.testing.assert_close(

@@ -164,6 +164,17 @@ def test_chat_renders_the_template(url, bpe_tokenizer):
     assert chat.usage.prompt_tokens == len(bpe_tokenizer.encode(prompt))
 
 
+def test_chat_endpoint_answers_what_lmforge_chat_prints(url, model_dir, capsys):
+    """The same greedy request through /v1/chat/completions and through ``lmforge chat --message``: the
+    same rendering of the same conversation, the same text."""
+    system, question = "You are terse.", "Tell me a story"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    chat = client(url).chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0)
+    argv = ["chat", str(model_dir), "--system", system, "--message", question, "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == chat.choices[0].message.content + "\n"
+
+
 def test_n_choices_and_a_list_of_prompts(url):
     c = client(url)
     sampled = c.completions.create(model=NAME, prompt="A", max_tokens=8, temperature=1.0, n=3, seed=5)
@@ -295,6 +306,7 @@ def test_models_health_metrics(url):
 
 def test_chat_without_a_template_is_a_clear_400(model_dir):
     model, tokenizer = load_model(model_dir)
+    tokenizer.chat_template = None  # a tokenizer without one (the folder's has one)
     app = create_app((model, tokenizer), ServeConfig(max_batch=2))
     with serving(app) as base, pytest.raises(openai.BadRequestError, match="no chat template"):
         client(base).chat.completions.create(model="lmforge", messages=[{"role": "user", "content": "hi"}])

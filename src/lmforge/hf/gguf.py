@@ -179,7 +179,8 @@ def gguf_tokenizer(fields: dict[str, Any], path: str | Path) -> Tokenizer:
         index = fields.get(f"tokenizer.ggml.{key}_token_id")
         if index is not None and 0 <= int(index) < len(tokens):
             special[role] = tokens[int(index)]
-    return Tokenizer(backend, special)
+    template = fields.get("tokenizer.chat_template")
+    return Tokenizer(backend, special, template if isinstance(template, str) and template else None)
 
 
 def from_gguf(path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:

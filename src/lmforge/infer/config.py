@@ -28,6 +28,26 @@ class GenerateConfig(GenerationConfig):
         self.stop = [unescape(s) for s in self.stop]
 
 
+@dataclass
+class ChatConfig(GenerationConfig):
+    """``lmforge chat``: the sampling settings plus the conversation's start, device and precision."""
+
+    max_new_tokens: int = 512  # per answer (at most half the context)
+    temperature: float = 0.7  # a chat's usual: varied but on topic (0: greedy)
+    top_p: float = 0.9
+    message: list[str] = field(default_factory=list)  # one-shot: answer these in turn, print, exit
+    system: str = ""  # the system message ("": none, or the template's default)
+    chat_template: str = ""  # a Jinja file in place of the model's template ("": its own, else ChatML)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_beams > 1:
+            raise ConfigError("chat streams its answers: num_beams must be 1")
+        self.stop = [unescape(s) for s in self.stop]
+
+
 def unescape(text: str) -> str:
     r"""``\n``, ``\t`` and ``\\`` as newline, tab and backslash: a shell passes ``--stop "\n\n"`` as a
     literal backslash and n, which would never match the text."""

@@ -25,7 +25,6 @@ from lmforge.infer.engine import Engine
 from lmforge.models.gpt import GPT
 from lmforge.models.io import load_model
 from lmforge.serve import completions as api
-from lmforge.serve.chat import read_chat_template
 from lmforge.serve.config import ServeConfig
 from lmforge.serve.metrics import Metrics
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_body
@@ -61,18 +60,20 @@ def load(source: str | Path, settings: ServeConfig) -> tuple[GPT, Tokenizer, str
     model, tokenizer = load_model(source, device=device, dtype=pick_dtype(settings.dtype, device))
     if tokenizer is None:
         raise LmforgeError(f"{source}: the model folder has no tokenizer.json; the server needs one")
-    return model, tokenizer, Path(source).resolve().name, read_chat_template(source)
+    return model, tokenizer, Path(source).resolve().name, tokenizer.chat_template
 
 
 def create_app(source: str | Path | tuple[GPT, Tokenizer], settings: ServeConfig | None = None) -> FastAPI:
     """The server for a model folder, or for a (model, tokenizer) already in memory.
 
-    The chat template is ``settings.chat_template`` (a file), else the folder's (see ``read_chat_template``).
+    The chat template is ``settings.chat_template`` (a file), else the folder's (its tokenizer's, as
+    ``Tokenizer.load`` reads it).
     The engine thread starts and stops with the app (its lifespan).
     """
     settings = settings or ServeConfig()
     if isinstance(source, tuple):
-        (model, tokenizer), name, template = source, "lmforge", None
+        (model, tokenizer), name = source, "lmforge"
+        template = tokenizer.chat_template
     else:
         model, tokenizer, name, template = load(source, settings)
     if settings.chat_template:

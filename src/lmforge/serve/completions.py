@@ -15,9 +15,9 @@ from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
 from lmforge.infer.engine import StepOutput, TokenLogprob
 from lmforge.infer.sampling import SamplingParams
-from lmforge.serve.chat import render_chat
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
 from lmforge.serve.runner import Job, Overloaded, RequestTimeout, Unavailable
+from lmforge.tokenizer.chat import render_chat
 
 if TYPE_CHECKING:
     from lmforge.serve.app import Server

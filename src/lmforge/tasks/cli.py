@@ -26,6 +26,7 @@ TASKS = {
     "qa": "extractive question answering: an answer span of a context (SQuAD JSON)",
     "translate": "translation with an encoder-decoder: source -> target text (TSV, JSONL, PREFIX.src/.tgt)",
     "summarize": "summarization with an encoder-decoder: document -> summary (JSONL, TSV)",
+    "instruct": "instruction tuning of a decoder: chat conversations, loss on the answers (JSONL)",
 }
 # Fine-tuning's usual settings, for the keys that the --config file, key=value and flags leave unset.
 FINETUNE_DEFAULTS: dict[str, Any] = {
@@ -53,6 +54,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "qa": {"task.max_len": 384, "task.stride": 128},
     "translate": SEQ2SEQ_DEFAULTS,
     "summarize": {**SEQ2SEQ_DEFAULTS, "task.src": "dialogue", "task.tgt": "summary", "task.max_len": 512},
+    # A pretrained decoder's own output layer; packed rows of 1024 tokens, so fewer of them per batch.
+    "instruct": {"model.arch": "gpt", "task.max_len": 1024, "optim.lr": 2e-5, "batch_size": 8},
 }
 FLAGS = {
     "model": "task.model",

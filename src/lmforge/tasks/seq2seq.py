@@ -26,8 +26,7 @@ from lmforge.evaluate.pairs import Pair, read_pairs
 from lmforge.evaluate.seq2seq import bleu_tokenizer
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.infer.seq2seq import encode_sources, generate_ids
-from lmforge.models import registry
-from lmforge.models.io import load_model, read_model_config
+from lmforge.models.io import read_model_config
 from lmforge.models.losses import IGNORE_INDEX
 from lmforge.models.seq2seq import Seq2SeqConfig
 from lmforge.models.task import pad
@@ -36,7 +35,7 @@ from lmforge.tokenizer.train import train_bpe
 from lmforge.train.causal_lm import round_up
 from lmforge.train.config import TrainConfig
 from lmforge.train.distributed import DistEnv
-from lmforge.train.objective import Batch
+from lmforge.train.objective import Batch, model_to_train
 
 
 class PairRows(Features):
@@ -124,9 +123,7 @@ class Seq2SeqTask(TaskObjective):
         return model
 
     def build_model(self) -> nn.Module:
-        if self.cfg.task.model:
-            return load_model(self.cfg.task.model)[0].train()
-        return registry.build(self.cfg.model)
+        return model_to_train(self.cfg)
 
     # --- data --------------------------------------------------------------------------------------------
     def read(self, path: str) -> list[Pair]:

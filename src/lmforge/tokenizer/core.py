@@ -1,7 +1,9 @@
-"""A thin wrapper over a Hugging Face ``tokenizers.Tokenizer`` that knows its special tokens.
+"""A thin wrapper over a Hugging Face ``tokenizers.Tokenizer`` that knows its special tokens and its
+chat template.
 
-On disk a tokenizer is the standard pair ``tokenizer.json`` + ``tokenizer_config.json``, so
-``transformers.AutoTokenizer`` / ``PreTrainedTokenizerFast`` load the same folder unchanged.
+On disk a tokenizer is the standard pair ``tokenizer.json`` + ``tokenizer_config.json`` (which holds the
+chat template, as transformers writes it), so ``transformers.AutoTokenizer`` /
+``PreTrainedTokenizerFast`` load the same folder unchanged.
 """
 
 from __future__ import annotations
@@ -26,15 +28,32 @@ def _token_content(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _chat_template(d: Path, cfg: dict) -> str | None:
+    """The folder's chat template, where transformers looks for it."""
+    if (d / "chat_template.jinja").is_file():
+        return (d / "chat_template.jinja").read_text(encoding="utf-8")
+    template = cfg.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
+
+
 class Tokenizer:
     """Text <-> ids, with the special tokens a language model needs (bos/eos/pad/unk)."""
 
-    def __init__(self, backend: HFTokenizer, special_tokens: dict[str, str | None] | None = None):
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        special_tokens: dict[str, str | None] | None = None,
+        chat_template: str | None = None,
+    ):
         # A tokenizer.json may carry padding/truncation settings (sentence-transformers folders pad to
         # 128): ids must be the text's own, so batching and length limits are the caller's business.
         backend.no_padding()
         backend.no_truncation()
         self.backend = backend
+        self.chat_template = chat_template  # Jinja source that renders messages (tokenizer/chat.py)
         self.special_tokens = {role: None for role in SPECIAL_ROLES}
         for role, tok in (special_tokens or {}).items():
             if tok is not None and backend.token_to_id(tok) is None:
@@ -116,12 +135,15 @@ class Tokenizer:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": 1_000_000_000,
             **{role: tok for role, tok in self.special_tokens.items() if tok is not None},
+            **({"chat_template": self.chat_template} if self.chat_template else {}),
         }
         (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
-        """Load ``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``) and the special tokens."""
+        """Load ``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``), the special tokens and
+        the chat template: ``chat_template.jinja``, else ``chat_template`` in ``tokenizer_config.json``
+        (a string, or a list of named templates: the one named "default")."""
         d = Path(directory)
         if (d / "tokenizer.json").is_file():
             try:
@@ -135,11 +157,14 @@ class Tokenizer:
         else:
             raise LmforgeError(f"{d}: no tokenizer.json (nor vocab.json + merges.txt) found")
         special: dict[str, str | None] = {}
-        cfg_path = d / "tokenizer_config.json"
+        cfg_path, cfg = d / "tokenizer_config.json", {}
         if cfg_path.is_file():
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise LmforgeError(f"{cfg_path}: not valid JSON ({e})") from None
             for role in SPECIAL_ROLES:
                 tok = _token_content(cfg.get(role))
                 if tok is not None and backend.token_to_id(tok) is not None:
                     special[role] = tok
-        return cls(backend, special)
+        return cls(backend, special, _chat_template(d, cfg))

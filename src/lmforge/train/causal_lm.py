@@ -16,14 +16,13 @@ from torch import Tensor, nn
 
 from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
-from lmforge.models import registry
-from lmforge.models.io import load_model, read_model_config, save_model
+from lmforge.models.io import read_model_config, save_model
 from lmforge.models.losses import perplexity
 from lmforge.tokenizer.shards import TokenShards
 from lmforge.train.config import TrainConfig
 from lmforge.train.data import WindowSampler
 from lmforge.train.distributed import DistEnv
-from lmforge.train.objective import Batch, Objective
+from lmforge.train.objective import Batch, Objective, model_to_train
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -77,9 +76,7 @@ class CausalLM(Objective):
         return model
 
     def build_model(self) -> nn.Module:
-        if self.cfg.task.model:
-            return load_model(self.cfg.task.model)[0].train()
-        return registry.build(self.cfg.model)
+        return model_to_train(self.cfg)
 
     def train_batch(self, step: int) -> Batch:
         x, y = self.train_data.batch(step)

@@ -8,6 +8,7 @@ every objective; ``objective`` names what is trained (``causal_lm`` on token sha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from lmforge.config import ConfigError
@@ -62,8 +63,8 @@ class MaskingConfig:
 
 @dataclass
 class FinetuneConfig:
-    """What a task objective (classify, ner, qa, translate, summarize) fine-tunes on, and which of its
-    models it keeps."""
+    """What a task objective (classify, ner, qa, translate, summarize, instruct) fine-tunes on, and
+    which of its models it keeps."""
 
     model: str = ""  # pretrained lmforge model folder (bert or gpt) to start from; "": model.backbone, random
     tokenizer: str = ""  # folder holding the tokenizer when training from scratch (default: task.model's)
@@ -84,6 +85,8 @@ class FinetuneConfig:
     vocab_size: int = 8000  # translate/summarize from scratch: the joint BPE trained on both sides
     dev_generate: bool = True  # translate/summarize: greedy-decode the dev set at every evaluation
     bleu_tokenize: str = ""  # translate: sacreBLEU's tokenizer; "": zh for a zh target, else 13a
+    chat_template: str = ""  # instruct: a Jinja file; "": the model's own template, else lmforge's ChatML
+    pack: bool = True  # instruct: several short conversations per row of max_len tokens (none sees another)
     monitor: str = ""  # for keep_best and early stopping; "": the objective's first (val_acc, val_f1)
     keep_best: bool = True  # export the model of the best dev evaluation (by monitor), not the last one
 
@@ -94,6 +97,8 @@ class FinetuneConfig:
             raise ConfigError("task.stride must be >= 0 and task.max_answer_tokens positive")
         if self.max_target_len < 2 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("task.max_target_len must be at least 2 and 0 <= task.label_smoothing < 1")
+        if self.chat_template and not Path(self.chat_template).is_file():
+            raise ConfigError(f"task.chat_template={self.chat_template}: no such file")
 
 
 @dataclass

@@ -30,7 +30,8 @@ DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 def has_amx() -> bool:
     """Whether this CPU has AMX tiles (Sapphire Rapids and later), where bf16 matmuls pay."""
-    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.13 (torch.cpu, not _C._cpu)
+    probe = probe or getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
 

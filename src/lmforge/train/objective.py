@@ -89,6 +89,17 @@ class Objective:
         return None
 
 
+def model_to_train(cfg: TrainConfig) -> nn.Module:
+    """``task.model``'s model with its weights (training continues from a model folder), or a new
+    ``cfg.model``: what an objective without a new head builds."""
+    from lmforge.models import registry
+    from lmforge.models.io import load_model
+
+    if cfg.task.model:
+        return load_model(cfg.task.model)[0].train()
+    return registry.build(cfg.model)
+
+
 _OBJECTIVES = {
     "causal_lm": "lmforge.train.causal_lm:CausalLM",
     "distill": "lmforge.train.distill:Distill",
@@ -98,6 +109,7 @@ _OBJECTIVES = {
     "qa": "lmforge.tasks.qa:ExtractSpans",
     "translate": "lmforge.tasks.seq2seq:Translate",
     "summarize": "lmforge.tasks.seq2seq:Summarize",
+    "instruct": "lmforge.tasks.instruct:Instruct",
 }
 
 
