@@ -108,8 +108,9 @@ def test_training_continues_from_a_model_folder(shards, tmp_path):
         Trainer(cfg).run()
 
 
-def test_resume_matches_an_uninterrupted_run(shards, tmp_path):
-    common = ("optim.decay_steps=20", "ckpt_every=5", "eval_every=5")
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])  # bf16: autocast, AMX machines' default
+def test_resume_matches_an_uninterrupted_run(shards, tmp_path, dtype):
+    common = ("optim.decay_steps=20", "ckpt_every=5", "eval_every=5", f"dtype={dtype}")
     straight = Trainer(tiny(shards, tmp_path / "a", "max_steps=20", *common)).run()
     Trainer(tiny(shards, tmp_path / "b", "max_steps=10", *common)).run()
     resumed = Trainer(tiny(shards, tmp_path / "b", "max_steps=20", *common), resume=True).run()
