@@ -47,6 +47,13 @@ LABELLED = (
     "{% elif m.role == 'user' %}User: {{ m.content }}\n{% else %}Bot: {{ m.content }}{{ eos_token }}\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}Bot:{% endif %}"
 )
+# transformers' answer marks, {% generation %} blocks (rendered as their bodies).
+MARKED = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
+    "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}"
+    "{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 CONVERSATION = [
     {"role": "user", "content": "What is 2+2?"},
     {"role": "assistant", "content": "It is 4."},
@@ -67,7 +74,9 @@ def chatml_tokenizer(bpe_tokenizer) -> Tokenizer:
     )
 
 
-@pytest.mark.parametrize("template", [SMOLLM2, CHATML, LABELLED], ids=["smollm2", "chatml", "labelled"])
+@pytest.mark.parametrize(
+    "template", [SMOLLM2, CHATML, LABELLED, MARKED], ids=["smollm2", "chatml", "labelled", "generation-marks"]
+)
 @pytest.mark.parametrize("prompt", [False, True], ids=["whole", "generation-prompt"])
 def test_rendering_equals_transformers_apply_chat_template(template, prompt, chatml_tokenizer, tmp_path):
     from transformers import PreTrainedTokenizerFast
@@ -116,6 +125,12 @@ def test_answer_mask_token_by_token(chatml_tokenizer):
     assert answer == [flag for text, flag in pieces for _ in tok.encode(text)]
     learnt = [i for i, a in zip(ids, answer) if a]
     assert tok.decode(learnt, skip_special_tokens=False) == "It is 4.<|im_end|>6<|im_end|>"
+
+
+def test_generation_marks_give_the_same_answers(chatml_tokenizer):
+    assert encode_chat(MARKED, CONVERSATION, chatml_tokenizer) == encode_chat(
+        CHATML, CONVERSATION, chatml_tokenizer
+    )
 
 
 def test_default_chatml_ends_answers_with_the_tokenizers_eos(bpe_tokenizer):
@@ -288,6 +303,15 @@ def test_history_drops_the_oldest_exchanges_to_fit_the_context(bpe_tokenizer):
     with pytest.raises(LmforgeError, match="send a shorter one"):
         list(session.send(" ".join(["word"] * 150)))
     assert session.turns[-1]["content"] == "five"  # the refused message did not join the history
+    session.turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how are you"},
+        {"role": "assistant", "content": "fine"},
+    ]
+    with pytest.raises(LmforgeError, match="send a shorter one"):
+        list(session.send(" ".join(["word"] * 150)))
+    assert [t["content"] for t in session.turns] == ["hi", "hello", "how are you", "fine"]  # nothing lost
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")

@@ -40,29 +40,32 @@ class ChatSession:
         self.system = system  # "": none (the template may add its own default)
         self.turns: list[Message] = []  # user and assistant messages, alternating
 
-    def messages(self) -> list[Message]:
+    def messages(self, turns: list[Message] | None = None) -> list[Message]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, *self.turns]
+        return [*system, *(self.turns if turns is None else turns)]
 
     def reset(self) -> None:
         self.turns = []
 
     def prompt(self) -> str:
         """The history as a prompt that fits the context with ``max_new_tokens`` to spare, the oldest
-        exchanges dropped as needed (for good: they would not fit next time either)."""
+        exchanges dropped as needed (for good: they would not fit next time either). When even the
+        newest message alone does not fit, LmforgeError, and the history stays as it was."""
         budget = self.model.config.max_seq_len - self.cfg.max_new_tokens
+        turns = list(self.turns)
         while True:
-            text = render_chat(self.template, self.messages(), self.tokenizer)
+            text = render_chat(self.template, self.messages(turns), self.tokenizer)
             tokens = len(self.tokenizer.encode(text))
             if tokens <= budget:
+                self.turns = turns
                 return text
-            if len(self.turns) < 3:
+            if len(turns) < 3:
                 raise LmforgeError(
                     f"the message needs {tokens} tokens with the history's system message and template; "
                     f"the context holds {budget} besides max_new_tokens={self.cfg.max_new_tokens}: "
                     "send a shorter one, or lower max_new_tokens"
                 )
-            del self.turns[:2]
+            del turns[:2]
 
     def send(self, text: str) -> Iterator[str]:
         """The answer to ``text``, as text deltas while it is generated; the answer joins the history

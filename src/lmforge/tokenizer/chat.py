@@ -16,7 +16,11 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
+
+from jinja2 import TemplateError, nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer.core import Tokenizer
@@ -37,17 +41,29 @@ Message = dict[str, Any]
 
 
 def _raise(message: str) -> None:
-    from jinja2 import TemplateError
-
     raise TemplateError(message)
+
+
+class _Generation(Extension):
+    """transformers' ``{% generation %}...{% endgeneration %}`` (a template's mark on the assistant's
+    text): rendered as its body; the answers are found by rendering prefixes either way."""
+
+    tags: ClassVar[set[str]] = {"generation"}
+
+    def parse(self, parser: Any) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
 
 
 @lru_cache(maxsize=8)
 def _compile(template: str) -> Any:
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation]
+    )
     env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -66,8 +82,6 @@ def render_chat(
 
     A template that rejects the conversation (``raise_exception``) or fails raises LmforgeError.
     """
-    from jinja2 import TemplateError
-
     try:
         return _compile(template).render(
             messages=list(messages),
