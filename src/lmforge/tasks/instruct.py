@@ -169,7 +169,8 @@ class Instruct(TaskObjective):
         return read_conversations(path)
 
     def features(self, conversations: list[list[Message]], train: bool) -> PackedRows:
-        """Conversations as (inputs, answer targets), cut to max_len, packed unless task.pack=false."""
+        """Conversations as (inputs, answer targets), cut to max_len; the training ones packed unless
+        task.pack=false."""
         t, tok = self.cfg.task, self.tokenizer
         if t.chat_template:
             tok.chat_template = Path(t.chat_template).read_text(encoding="utf-8")
@@ -190,7 +191,8 @@ class Instruct(TaskObjective):
                 file=sys.stderr,
             )
         lengths = [len(x) for x, _ in examples]
-        rows = best_fit(lengths, t.max_len) if t.pack else [[i] for i in range(len(examples))]
+        # Dev conversations one per row: every rank gets some (the loss is the same packed or not).
+        rows = best_fit(lengths, t.max_len) if t.pack and train else [[i] for i in range(len(examples))]
         return PackedRows(examples, rows, tok.pad_id or tok.eos_id or 0)
 
     # --- loss ----------------------------------------------------------------------------------------------
