@@ -40,6 +40,7 @@ from lmforge.tasks.base import Features, TaskObjective
 from lmforge.tokenizer.chat import Message, check_messages, encode_chat, template_of
 from lmforge.train.causal_lm import round_up
 from lmforge.train.config import TrainConfig
+from lmforge.train.distributed import DistEnv
 from lmforge.train.objective import Batch, model_to_train
 
 PROMPT_FIELDS = (("instruction", "output"), ("prompt", "response"), ("prompt", "completion"))
@@ -131,6 +132,11 @@ class Instruct(TaskObjective):
     fresh = ()  # no new head: the decoder's own output layer predicts the answers
 
     # --- set up ----------------------------------------------------------------------------------------
+    def setup(self, cfg: TrainConfig, env: DistEnv) -> TrainConfig:
+        path = cfg.task.chat_template
+        self.template_file = Path(path).read_text(encoding="utf-8") if path else None  # read once
+        return super().setup(cfg, env)
+
     def _check_config(self, cfg: TrainConfig) -> None:
         t = cfg.task
         if not t.train:
@@ -172,9 +178,7 @@ class Instruct(TaskObjective):
         """Conversations as (inputs, answer targets), cut to max_len; the training ones packed unless
         task.pack=false."""
         t, tok = self.cfg.task, self.tokenizer
-        if t.chat_template:
-            tok.chat_template = Path(t.chat_template).read_text(encoding="utf-8")
-        template = tok.chat_template = template_of(tok)  # the export carries the template it learnt
+        template = tok.chat_template = template_of(tok, self.template_file)  # the export carries it
         examples, dropped = [], 0
         for messages in conversations:
             ids, answer = encode_chat(template, messages, tok)
