@@ -180,8 +180,13 @@ def _score_rows(model: nn.Module, rows: list[list[_Tree]]) -> list[tuple[_Tree, 
     for i in range(0, len(target), step):  # the logits of a few thousand tokens at a time
         logits = wide(model.lm_head(hidden[i : i + step]))
         t = target_t[i : i + step, None]
-        logp[i : i + step] = (logits.gather(1, t) - logits.logsumexp(dim=-1, keepdim=True))[:, 0]
-        best[i : i + step] = logits.argmax(dim=-1) == t[:, 0]
+        picked = logits.gather(1, t)
+        top, greedy = logits.max(dim=-1, keepdim=True)  # the argmax too, in the same pass
+        # log Z = max + log sum exp(logit - max), torch.logsumexp's steps, in place: a chunk's logits
+        # are tens of MB, and a new tensor of that size per step costs more than the arithmetic
+        log_z = logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+        logp[i : i + step] = (picked - log_z)[:, 0]
+        best[i : i + step] = greedy[:, 0] == t[:, 0]
     owner = torch.tensor(request, device=device)
     total = torch.zeros(len(done), dtype=logp.dtype, device=device).index_add_(0, owner, logp)
     misses = torch.zeros(len(done), dtype=torch.long, device=device).index_add_(0, owner, (~best).long())
