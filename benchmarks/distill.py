@@ -5,7 +5,8 @@ The teacher is ``lmforge demo``'s model (4 layers, 256 wide, on the CPython refe
 for ``--teacher-minutes``. Two students (2 layers, 160 wide) train ``--steps`` steps on the demo's
 shards with the demo's recipe: one on the labels alone (objective causal_lm), one with
 ``objective=distill`` (alpha, temperature below). Reported: each model's parameters, val perplexity on
-the demo's val split (``evaluate.perplexity``, every val window) and greedy decode tokens/s at batch 1.
+the demo's val split (``evaluate.perplexity``, every val window), the size of model.safetensors and
+greedy decode tokens/s at batch 1 (median of 5; measured after the training, on a quiet machine).
 
     python benchmarks/distill.py [--teacher-minutes 8] [--steps 600]
 """
@@ -43,7 +44,7 @@ def measure(model_dir: Path, shards: Path) -> dict[str, Any]:
     prompt = [tokenizer.encode("The for statement")]
     generate_ids(model, prompt, cfg)
     times = []
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         generate_ids(model, prompt, cfg)
         times.append(time.perf_counter() - start)
@@ -52,6 +53,7 @@ def measure(model_dir: Path, shards: Path) -> dict[str, Any]:
         "parameters": params,
         "val_perplexity": round(ppl["perplexity"], 3),
         "val_tokens": ppl["tokens"],
+        "model_mib": round((model_dir / "model.safetensors").stat().st_size / 2**20, 2),
         "decode_tok_s": round(64 / statistics.median(times), 1),
     }
 

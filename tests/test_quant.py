@@ -20,6 +20,8 @@ from lmforge.models.quant import (
     Int4Linear,
     Int8Linear,
     dequantize_int4,
+    gptq_int4,
+    int4_levels,
     layer_group,
     pack_nibbles,
     quantize_int4,
@@ -48,10 +50,11 @@ def test_int8_round_trip_is_the_formula_within_half_a_step():
     assert (err <= s[:, None] / 2 + 1e-6).all()
 
 
-def squared_error(groups: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """sum (w - ŵ)^2 per group of the symmetric int4 grid of step ``scale``."""
-    q = (groups / scale[..., None]).round().clamp(-8, 7)
-    return (q * scale[..., None] - groups).square().sum(-1)
+def squared_error(groups: torch.Tensor, s: torch.Tensor, z: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """sum (w - ŵ)^2 per group of the int4 grid (q - 8) s + z, s and z stored in bf16."""
+    s = s.bfloat16().float()[..., None]
+    z = z.bfloat16().float()[..., None] if isinstance(z, torch.Tensor) else z
+    return ((int4_levels(groups, s, z) - 8) * s + z - groups).square().sum(-1)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -59,25 +62,59 @@ def test_int4_round_trip_is_the_formula_within_half_a_step(symmetric):
     w = weights()
     q, s, z = quantize_int4(w, 32, symmetric)
     groups = w.view(48, 4, 32)
+    assert torch.equal(s, s.bfloat16().float()) and torch.equal(z, z.bfloat16().float())  # as stored
     if symmetric:  # the scale of least squared error among a * max|w| / 7, a in [0.5, 1]
         top = groups.abs().amax(-1) / 7
-        assert ((s >= 0.5 * top - 1e-6) & (s <= top + 1e-6)).all() and (s < top - 1e-6).any()
+        assert ((s >= 0.49 * top) & (s <= 1.01 * top)).all() and (s < 0.99 * top).any()
         assert torch.equal(z, torch.zeros_like(z))
-        expected = (groups / s[..., None]).round().clamp(-8, 7) + 8
+        expected = int4_levels(groups, s[..., None], 0)
         for a in (0.5, 0.7, 0.9, 1.0):  # no candidate of the search does better
-            assert (squared_error(groups, s) <= squared_error(groups, a * top) + 1e-5).all()
-    else:
+            assert (squared_error(groups, s) <= squared_error(groups, a * top)).all()
+    else:  # ŵ = q s + m: never worse than the min/max grid, and better on most groups
+        expected = int4_levels(groups, s[..., None], z[..., None])
         low = groups.amin(-1)
-        torch.testing.assert_close(s, (groups.amax(-1) - low) / 15)
-        torch.testing.assert_close(z, low + 8 * s)
-        expected = ((groups - low[..., None]) / s[..., None]).round().clamp(0, 15)
+        step = (groups.amax(-1) - low) / 15
+        err, minmax = squared_error(groups, s, z), squared_error(groups, step, low + 8 * step)
+        assert (err <= minmax).all() and (err < 0.95 * minmax).float().mean() > 0.5
     assert torch.equal(q.view(48, 4, 32).float(), expected) and int(q.max()) <= 15
     w_hat = dequantize_int4(q, s, z)
-    inside = groups.abs() <= 7.5 * s[..., None] if symmetric else torch.ones_like(groups, dtype=torch.bool)
+    # within the grid's range, every weight is within half a step: [-8.5 s, 7.5 s], or [m - s/2, m + 15.5 s]
+    first = -8 * s if symmetric else z - 8 * s
+    inside = (groups >= (first - s / 2)[..., None]) & (groups <= (first + 15.5 * s)[..., None])
     assert (
         (w - w_hat).abs().view(48, 4, 32)[inside] <= (s[..., None] / 2 + 1e-6).expand_as(groups)[inside]
     ).all()
     assert torch.equal(unpack_nibbles(pack_nibbles(q)), q)
+
+
+def test_asymmetric_int4_keeps_a_4_bit_grid_exactly():
+    """Weights that already sit on a 4-bit grid (a Q4_1 GGUF's: levels 0..15 from each block's min to
+    its max) whose step and zero point bf16 holds come back exactly: the min/max grid is kept."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (48, 128), generator=g, dtype=torch.uint8)
+    q[:, 0::32], q[:, 1::32] = 0, 15  # every group spans the whole grid
+    s = (torch.rand(48, 4, generator=g) * 0.01 + 1e-3).bfloat16().float()
+    z = (torch.randn(48, 4, generator=g) * 0.02).bfloat16().float()
+    on_grid = dequantize_int4(q, s, z)
+    assert torch.equal(dequantize_int4(*quantize_int4(on_grid, 32, False)), on_grid)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_moves_the_layer_outputs_less_than_rounding(symmetric):
+    """On correlated inputs X, passing each column's rounding error on (GPTQ) leaves the outputs X ŵ^T
+    much closer to X w^T than rounding every weight alone; with uncorrelated inputs (H diagonal) there
+    is nothing to pass on and GPTQ is exactly ``quantize_int4``."""
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(256, 256, generator=g) / 16
+    x = torch.randn(2048, 256, generator=g) @ mix + 0.3 * torch.randn(2048, 256, generator=g)
+    w = torch.randn(96, 256, generator=g) * 0.05
+    out_error = lambda w_hat: (x @ (w - w_hat).T).square().sum()  # noqa: E731
+    rounded = dequantize_int4(*quantize_int4(w, 64, symmetric))
+    assert out_error(dequantize_int4(*gptq_int4(w, x.T @ x, 64, symmetric, damp=0.01))) < 0.7 * out_error(
+        rounded
+    )
+    for got, want in zip(gptq_int4(w, torch.eye(256), 64, symmetric), quantize_int4(w, 64, symmetric)):
+        assert torch.equal(got, want)
 
 
 def test_asymmetric_int4_is_finer_on_skewed_weights():
@@ -120,23 +157,44 @@ def test_layer_group_is_the_largest_power_of_two_that_divides():
 def test_quantize_config_is_checked():
     with pytest.raises(ConfigError, match="bits"):
         QuantizeConfig(bits=3)
+    with pytest.raises(ConfigError, match="calibration"):
+        QuantizeConfig(bits=8, calibration="text.txt")
+    with pytest.raises(ConfigError, match="calibration_len"):
+        QuantizeConfig(bits=4, calibration="text.txt", calibration_tokens=100, calibration_len=512)
     with pytest.raises(ConfigError, match="group"):
         QuantizeConfig(bits=4, group=48)
     with pytest.raises(ConfigError, match="symmetric"):
         QuantizeConfig(bits=8, symmetric=False)
 
 
+CALIBRATION = ["--calibration", "CALIBRATION", "calibration_tokens=256", "calibration_len=32"]
+
+
 @pytest.mark.parametrize(
     "settings",
-    [["--bits", "8"], ["--bits", "4", "--group", "32", "--asymmetric"], ["--bits", "4", "group=64"]],
+    [
+        ["--bits", "8"],
+        ["--bits", "4", "--group", "32", "--asymmetric"],
+        ["--bits", "4", "group=64"],
+        ["--bits", "4", "--group", "32", "--asymmetric", *CALIBRATION],
+    ],
 )
 def test_quantized_folder_loads_and_generates(lmf_llama_dir, tmp_path, settings, capsys):
     """The folder is smaller, loads through load_model (as generate, serve and eval do) with integer
-    layers, gives logits near the float model's, and generates."""
+    layers, gives logits near the float model's, and generates; with a calibration text (GPTQ) its
+    config says so."""
     out = tmp_path / "q"
+    text = tmp_path / "calibration.txt"
+    text.write_text("the cat sat on the mat and the dog ran after it. " * 40, encoding="utf-8")
+    settings = [str(text) if a == "CALIBRATION" else a for a in settings]
     assert main(["quantize", str(lmf_llama_dir), str(out), *settings]) == 0
-    assert "layers as" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "layers as" in printed and ("GPTQ on 256 calibration tokens" in printed) == (
+        "--calibration" in settings
+    )
     meta = json.loads((out / "config.json").read_text())
+    if "--calibration" in settings:
+        assert meta["calibration"] == {"method": "gptq", "file": "calibration.txt", "tokens": 256}
     assert meta["quantization"]["bits"] == int(settings[1])
     assert meta["quantization"].get("symmetric", True) == ("--asymmetric" not in settings)
     float_model, tokenizer = load_model(lmf_llama_dir)

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("model_dir", help="an lmforge model folder (float weights)")
     q.add_argument("out_dir", help="where to write the quantized model folder")
     add_config_arguments(
-        q, QuantizeConfig, ["bits", "group", Flag("symmetric", const=False, name="asymmetric"), "overwrite"]
+        q,
+        QuantizeConfig,
+        ["bits", "group", Flag("symmetric", const=False, name="asymmetric"), "calibration", "overwrite"],
     )
     q.set_defaults(func=run_quantize)
     c = sub.add_parser(
@@ -140,6 +142,11 @@ def run_quantize(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out_dir}: {report['layers']} layers as {report['quantization']}, "
         f"model.safetensors {mib(report['bytes_before'])} -> {mib(report['bytes_after'])}"
+        + (
+            f", GPTQ on {report['calibration_tokens']} calibration tokens"
+            if report["calibration_tokens"]
+            else ""
+        )
     )
     return 0
 

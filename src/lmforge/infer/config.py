@@ -61,10 +61,24 @@ class QuantizeConfig:
     bits: Literal[8, 4] = 8  # 8: int8 per output channel; 4: int4 per group of inputs
     group: int = 128  # int4: inputs per scale (32 finer, 128 smaller); halved where a layer needs it
     symmetric: bool = True  # int4: false gives each group a zero point (the min weight): a finer grid
+    # int4 by GPTQ: a UTF-8 text whose first calibration_tokens tokens, in windows of calibration_len,
+    # show each layer the inputs whose outputs its rounding should move least (decoders only)
+    calibration: str | None = None
+    calibration_tokens: int = 32768
+    calibration_len: int = 512
     overwrite: bool = False  # replace an existing output folder (one lmforge wrote)
 
     def __post_init__(self) -> None:
         self.spec()  # its checks
+        if self.calibration is not None and self.bits != 4:
+            raise ConfigError(
+                "calibration (GPTQ) is for bits=4; int8 rounds each weight to its nearest level"
+            )
+        if not 0 < self.calibration_len <= self.calibration_tokens:
+            raise ConfigError(
+                f"need 0 < calibration_len ({self.calibration_len}) <= calibration_tokens "
+                f"({self.calibration_tokens}): at least one window"
+            )
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.group, self.symmetric)

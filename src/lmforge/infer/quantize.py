@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from torch import Tensor, nn
+
 from lmforge.errors import LmforgeError
 from lmforge.infer.config import QuantizeConfig
+from lmforge.models.gpt import GPT
 from lmforge.models.io import load_model, save_model
-from lmforge.models.quant import quantize_model
+from lmforge.models.quant import quantize_model, target_layers
+from lmforge.tokenizer.core import Tokenizer
 
 
 def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeConfig) -> dict:
@@ -20,10 +25,19 @@ def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeCon
         raise LmforgeError(f"{src}: already quantized ({meta['quantization']}); quantize the float model")
     model, tokenizer = load_model(src)
     spec = cfg.spec()
-    layers = quantize_model(model, spec)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "architecture", "model")}
+    hessians = None
+    if cfg.calibration is not None:
+        windows = calibration_windows(model, tokenizer, cfg)
+        hessians = layer_hessians(model, windows)
+        extra["calibration"] = {
+            "method": "gptq",
+            "file": Path(cfg.calibration).name,
+            "tokens": windows.numel(),
+        }
+    layers = quantize_model(model, spec, hessians)
     if layers == 0:
         raise LmforgeError(f"{src}: no linear layer to quantize (group {cfg.group} divides none)")
-    extra = {k: v for k, v in meta.items() if k not in ("format", "architecture", "model")}
     out = save_model(model, tokenizer, out_dir, {**extra, "quantization": spec.to_dict()}, cfg.overwrite)
     size = lambda d: (Path(d) / "model.safetensors").stat().st_size  # noqa: E731
     return {
@@ -31,4 +45,49 @@ def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeCon
         "layers": layers,
         "bytes_before": size(src),
         "bytes_after": size(out),
+        "calibration_tokens": 0 if hessians is None else extra["calibration"]["tokens"],
     }
+
+
+def calibration_windows(model: nn.Module, tokenizer: Tokenizer | None, cfg: QuantizeConfig) -> Tensor:
+    """The calibration text's first tokens as rows of ``calibration_len`` (as many whole rows as
+    ``calibration_tokens`` allows and the text holds)."""
+    path = Path(cfg.calibration)
+    if not isinstance(model, GPT):
+        raise LmforgeError(
+            f"calibration (GPTQ) needs a decoder-only model; this one is {type(model).__name__}"
+        )
+    if tokenizer is None:
+        raise LmforgeError("calibration needs the model's tokenizer beside it")
+    if not path.is_file():
+        raise LmforgeError(f"{path}: no such calibration text file")
+    length = min(cfg.calibration_len, model.config.max_seq_len)
+    with path.open(encoding="utf-8") as f:  # enough characters for the tokens asked, not the whole file
+        text = f.read(cfg.calibration_tokens * 16)
+    ids = tokenizer.encode(text)[: cfg.calibration_tokens]
+    rows = len(ids) // length
+    if rows == 0:
+        raise LmforgeError(f"{path}: {len(ids)} tokens, fewer than one calibration window of {length}")
+    return torch.tensor(ids[: rows * length]).view(rows, length)
+
+
+@torch.no_grad()
+def layer_hessians(model: GPT, windows: Tensor, batch: int = 4) -> dict[nn.Module, Tensor]:
+    """H = X^T X of the inputs X every layer to quantize sees while the model reads ``windows``."""
+    hessians: dict[nn.Module, Tensor] = {}
+
+    def record(layer: nn.Module, args: tuple) -> None:
+        x = args[0].reshape(-1, args[0].size(-1)).float()
+        if layer not in hessians:
+            hessians[layer] = torch.zeros(x.size(1), x.size(1), device=x.device)
+        hessians[layer].addmm_(x.T, x)
+
+    hooks = [layer.register_forward_pre_hook(record) for _, _, layer in target_layers(model)]
+    try:
+        device = model.lm_head.weight.device
+        for i in range(0, len(windows), batch):
+            model(windows[i : i + batch].to(device), head=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return hessians
