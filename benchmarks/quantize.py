@@ -42,8 +42,8 @@ from _report import machine, write_json
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 OUT = Path(__file__).with_name("quantize.json")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# GPTQ's calibration: 32,768 tokens of English prose from another domain than the text scored (the
-# middle 24,000 characters of each Gutenberg book in $LMFORGE_SHARED/data/gutenberg, see calibration_text)
+# GPTQ's calibration: 32,768 tokens of English prose from another domain than the text scored
+# (24,000 characters of each Gutenberg book in $LMFORGE_SHARED/data/gutenberg, see calibration_text)
 CALIBRATION = ["--calibration", "CALIBRATION_TEXT", "calibration_tokens=32768"]
 # name: (lmforge quantize settings or None for the float folder, load dtype)
 VARIANTS: dict[str, tuple[list[str] | None, str]] = {
@@ -90,8 +90,8 @@ def smollm2(folder: Path) -> Path:
 
 
 def calibration_text(work: Path) -> Path:
-    """GPTQ's calibration text: the middle 24,000 characters of each Gutenberg book (novels, not
-    Wikipedia: the scored text's domain is not the calibration's)."""
+    """GPTQ's calibration text: 24,000 characters from a third of the way into each Gutenberg book
+    (novels, not Wikipedia: the scored text's domain is not the calibration's)."""
     path = work / "calibration.txt"
     books = sorted((SHARED / "gutenberg").glob("*.txt"))
     parts = [text[len(text) // 3 : len(text) // 3 + 24000] for text in (b.read_text("utf-8") for b in books)]

@@ -117,6 +117,26 @@ def test_gptq_moves_the_layer_outputs_less_than_rounding(symmetric):
         assert torch.equal(got, want)
 
 
+def test_gptq_takes_groups_wider_than_its_block():
+    w = weights(32, 512)
+    x = torch.randn(1024, 512, generator=torch.Generator().manual_seed(1))
+    q, s, _ = gptq_int4(w, x.T @ x, 256, False)
+    assert s.shape == (32, 2) and int(q.max()) <= 15
+
+
+def test_int4_folders_with_fp32_scales_load_as_they_were_saved():
+    """Folders written before scales and zero points became bf16 hold fp32 ones: loading keeps them."""
+    layer = Int4Linear.from_linear(nn.Linear(128, 48, bias=False), 32, False)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["scale"] = state["scale"].float() * (1 + 1e-3)  # not a bf16 value any more
+    state["zero"] = state["zero"].float() + 1e-5
+    fresh = Int4Linear(128, 48, False, 32)
+    fresh.load_state_dict(state)
+    assert fresh.scale.dtype == torch.float32 and torch.equal(fresh.scale, state["scale"])
+    q = unpack_nibbles(state["qweight"])
+    assert torch.equal(fresh.dequantized(), dequantize_int4(q, state["scale"], state["zero"]))
+
+
 def test_asymmetric_int4_is_finer_on_skewed_weights():
     """Weights of one sign use half a symmetric grid; the zero point spends all 16 levels on them."""
     w = weights().abs()

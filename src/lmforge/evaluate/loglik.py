@@ -182,6 +182,7 @@ def _score_rows(model: nn.Module, rows: list[list[_Tree]]) -> list[tuple[_Tree, 
         t = target_t[i : i + step, None]
         picked = logits.gather(1, t)
         top, greedy = logits.max(dim=-1, keepdim=True)  # the argmax too, in the same pass
+        top.masked_fill_(top.isinf(), 0.0)  # as torch.logsumexp: a row of -inf gives -inf, not NaN
         # log Z = max + log sum exp(logit - max), torch.logsumexp's steps, in place: a chunk's logits
         # are tens of MB, and a new tensor of that size per step costs more than the arithmetic
         log_z = logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)

@@ -60,7 +60,7 @@ class QuantizeConfig:
 
     bits: Literal[8, 4] = 8  # 8: int8 per output channel; 4: int4 per group of inputs
     group: int = 128  # int4: inputs per scale (32 finer, 128 smaller); halved where a layer needs it
-    symmetric: bool = True  # int4: false gives each group a zero point (the min weight): a finer grid
+    symmetric: bool = True  # int4: false gives each group a zero point: a grid over its own range, finer
     # int4 by GPTQ: a UTF-8 text whose first calibration_tokens tokens, in windows of calibration_len,
     # show each layer the inputs whose outputs its rounding should move least (decoders only)
     calibration: str | None = None

@@ -12,7 +12,7 @@ from lmforge.errors import LmforgeError
 from lmforge.infer.config import QuantizeConfig
 from lmforge.models.gpt import GPT
 from lmforge.models.io import load_model, save_model
-from lmforge.models.quant import quantize_model, target_layers
+from lmforge.models.quant import layer_group, quantize_model, target_layers
 from lmforge.tokenizer.core import Tokenizer
 
 
@@ -29,7 +29,7 @@ def quantize_folder(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeCon
     hessians = None
     if cfg.calibration is not None:
         windows = calibration_windows(model, tokenizer, cfg)
-        hessians = layer_hessians(model, windows)
+        hessians = layer_hessians(model, windows, spec.group)
         extra["calibration"] = {
             "method": "gptq",
             "file": Path(cfg.calibration).name,
@@ -72,8 +72,9 @@ def calibration_windows(model: nn.Module, tokenizer: Tokenizer | None, cfg: Quan
 
 
 @torch.no_grad()
-def layer_hessians(model: GPT, windows: Tensor, batch: int = 4) -> dict[nn.Module, Tensor]:
-    """H = X^T X of the inputs X every layer to quantize sees while the model reads ``windows``."""
+def layer_hessians(model: GPT, windows: Tensor, group: int, batch: int = 4) -> dict[nn.Module, Tensor]:
+    """H = X^T X of the inputs X every layer that ``group`` quantizes (``layer_group``) sees while the
+    model reads ``windows``."""
     hessians: dict[nn.Module, Tensor] = {}
 
     def record(layer: nn.Module, args: tuple) -> None:
@@ -82,7 +83,8 @@ def layer_hessians(model: GPT, windows: Tensor, batch: int = 4) -> dict[nn.Modul
             hessians[layer] = torch.zeros(x.size(1), x.size(1), device=x.device)
         hessians[layer].addmm_(x.T, x)
 
-    hooks = [layer.register_forward_pre_hook(record) for _, _, layer in target_layers(model)]
+    layers = [layer for _, _, layer in target_layers(model) if layer_group(group, layer.in_features)]
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
     try:
         device = model.lm_head.weight.device
         for i in range(0, len(windows), batch):

@@ -11,7 +11,8 @@ inputs of a row), as ``quantize_int8`` / ``quantize_int4`` write it:
                        the least squared error of the group; the min/max grid when nothing beats it)
 
 so |w - ŵ| <= s / 2 for every weight within the grid's range, which is all of them except the few a
-search clips (the min/max grid spends all 16 levels on [min w, max w] and clips none).
+search clips, up to the rounding of s and z to bf16, in which they are stored (the min/max grid spends
+all 16 levels on [min w, max w]).
 A decode step (at most ``KERNEL_ROWS`` rows) multiplies on the integers, never a dequantized matrix:
 PyTorch's CPU kernels ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``, fed bf16 activations
 (their fp32 path is several times slower than a float matmul on a Xeon without AMX; with bf16 they
@@ -41,7 +42,7 @@ class QuantSpec:
 
     bits: int = 8  # 8: per output channel; 4: per group of inputs
     group: int = 128  # int4: inputs per scale (32 or 128 usual; see layer_group); ignored for int8
-    symmetric: bool = True  # int4: False gives each group a zero point (min w), a finer grid
+    symmetric: bool = True  # int4: False gives each group a zero point: the grid spans its own range
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 4):
@@ -145,11 +146,14 @@ def gptq_int4(
     (GPTQ, Frantar et al. 2022): with H = X^T X (+ damp * mean diag H * I) and U the upper Cholesky
     factor of H^-1, column i's error e = (w_i - ŵ_i) / U_ii updates w_j -= e U_ij for every j > i
     (lazily, a ``block`` of columns at a time). Each group's grid is chosen by ``quantize_int4`` on the
-    group's weights as updated when its first column comes. With a diagonal H nothing is passed on:
-    the result is ``quantize_int4``'s. ``damp`` 0.1 (the paper: 0.01) measured better on SmolLM2 with
-    calibration text from another domain than the text scored."""
+    group's weights as updated when its first column comes. With a diagonal H (no zero on it) nothing
+    is passed on: the result is ``quantize_int4``'s. H is the float model's (one shot), not that of
+    the inputs the already quantized layers below would give (the paper's sequential variant).
+    ``damp`` 0.1 (the paper: 0.01) measured better on SmolLM2 with calibration text from another
+    domain than the text scored."""
     n, k = w.shape
-    if group > block or block % group:
+    block = max(block, group)
+    if block % group:
         raise LmforgeError(f"gptq: the group ({group}) must divide the block ({block})")
     wt = w.detach().float().t().contiguous()  # (K, N): a column of w is a contiguous row here
     h = hessian.detach().double().clone()
@@ -283,6 +287,15 @@ class Int4Linear(nn.Module):
 
     def dequantized(self) -> Tensor:
         return dequantize_int4(unpack_nibbles(self.qweight), self.scale.float(), self.zero.float())
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Scales and zero points keep the dtype they were saved in: folders written before they
+        became bf16 hold fp32 ones, which rounding on load would change."""
+        for name in ("scale", "zero"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.dtype != self._buffers[name].dtype:
+                self._buffers[name] = torch.empty_like(self._buffers[name], dtype=stored.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _packed(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = (dtype, self.qweight.data_ptr(), self.qweight._version, self.scale._version, self.zero._version)
