@@ -22,18 +22,17 @@ from lmforge.train.trainer import Trainer
 
 
 @pytest.mark.parametrize(
-    ("amx", "name", "width", "want"),
+    ("amx", "name", "want"),
     [
-        (True, "auto", 384, torch.bfloat16),  # AMX: bf16 matmuls pay
-        (True, "auto", 128, torch.float32),  # but not at a tiny width: the casts cost what AMX saves
-        (False, "auto", 384, torch.float32),  # AVX-512(-BF16) alone: bf16 is slower than fp32
-        (True, "float32", 384, torch.float32),  # an explicit choice wins
-        (False, "bfloat16", 128, torch.bfloat16),
+        (True, "auto", torch.bfloat16),  # AMX: bf16 matmuls pay
+        (False, "auto", torch.float32),  # AVX-512(-BF16) alone: bf16 is slower than fp32
+        (True, "float32", torch.float32),  # an explicit choice wins
+        (False, "bfloat16", torch.bfloat16),
     ],
 )
-def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch, amx, name, width, want):
+def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(monkeypatch, amx, name, want):
     monkeypatch.setattr(fast, "has_amx", lambda: amx)
-    assert training_dtype(name, torch.device("cpu"), width) == want
+    assert training_dtype(name, torch.device("cpu")) == want
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads Linux's /proc/cpuinfo")
@@ -104,6 +103,6 @@ def test_a_run_records_its_speed_settings(tmp_path, bpe_tokenizer):
     Trainer(load_config(TrainConfig, None, overrides)).run()
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
     assert settings["fused_lm_head_loss"] is True
-    assert settings["autocast"] is None  # d_model 16: fp32 even with AMX
+    assert settings["autocast"] == ("bfloat16" if fast.has_amx() else None)  # any width: bf16 on AMX
     assert settings["amx"] == fast.has_amx()
     assert settings["keep_heap"] == (fast._glibc() is not None)

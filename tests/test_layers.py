@@ -80,6 +80,25 @@ def merge_by_hand(attn: MultiHeadAttention, y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(b, t, h * d) @ attn.proj.weight.T + attn.proj.bias
 
 
+@pytest.mark.parametrize(
+    ("t", "d", "upcast"), [(16, 8, True), (64, 64, True), (256, 32, True), (256, 64, False)]
+)
+def test_bf16_training_attention_takes_the_faster_kernel(t, d, upcast):
+    """Training in bf16 on a CPU, short sequences and narrow heads run PyTorch's fp32 attention kernel (its
+    bf16 backward is 3x slower there): output and gradients are the fp32 kernel's, rounded to bf16, also
+    under autocast (which would cast the inputs back); long sequences with 64-wide heads stay in bf16."""
+    q, k, v = (torch.randn(1, 2, t, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, 2, t, d, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    inputs = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
+    want = F.scaled_dot_product_attention(*inputs, is_causal=True).bfloat16()
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+    assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_masks_causal_and_bidirectional(causal):
     """Causal (decoder): query i sees keys j <= i; bidirectional (encoder): every key; both skip padding."""

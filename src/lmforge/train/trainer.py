@@ -28,7 +28,7 @@ from lmforge.train import distributed as D
 from lmforge.train.adapt import adapt, merge_for_export
 from lmforge.train.checkpointer import Checkpointer
 from lmforge.train.config import TrainConfig
-from lmforge.train.fast import describe, heap_allocator, model_width, training_dtype
+from lmforge.train.fast import describe, heap_allocator, training_dtype
 from lmforge.train.metrics import MetricsLog, Throughput, peak_flops, read_records
 from lmforge.train.objective import Batch, Objective, build_objective
 from lmforge.train.optim import build_optimizer, build_scheduler
@@ -71,7 +71,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, env.device)
         self.progress = Progress()
         self.scheduler = build_scheduler(self.optimizer, cfg, lambda: self.progress.horizon)
-        self.dtype = training_dtype(cfg.dtype, env.device, model_width(self.model))
+        self.dtype = training_dtype(cfg.dtype, env.device)
         amp = self.dtype != torch.float32
         self.autocast = torch.autocast(env.device.type, dtype=self.dtype) if amp else nullcontext()
         compile_ = torch.compile if cfg.compile else (lambda fn: fn)
