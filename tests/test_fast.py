@@ -14,6 +14,7 @@ import torch
 
 from conftest import corpus_text
 from lmforge.config import load_config
+from lmforge.device import glibc
 from lmforge.tokenizer.shards import build_shards
 from lmforge.train import fast
 from lmforge.train.config import TrainConfig
@@ -50,7 +51,7 @@ def test_amx_is_found_where_the_cpu_has_it():
 
 FAULTS = """
 import json, resource, torch
-from lmforge.train.fast import heap_allocator
+from lmforge.device import heap_allocator
 
 def faults(nbytes):  # minor page faults of allocating and writing a fresh nbytes tensor
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -67,7 +68,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or fast._glibc() is None, reason="glibc only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or glibc() is None, reason="glibc only")
 def test_the_kept_heap_serves_the_next_large_block_without_page_faults():
     """In a fresh process (a long-lived one's heap layout is whatever earlier work left); up to three:
     in about 1 of 10 fresh processes here the kept block is faulted in again (the heap could not grow
@@ -105,4 +106,4 @@ def test_a_run_records_its_speed_settings(tmp_path, bpe_tokenizer):
     assert settings["fused_lm_head_loss"] is True
     assert settings["autocast"] == ("bfloat16" if fast.has_amx() else None)  # any width: bf16 on AMX
     assert settings["amx"] == fast.has_amx()
-    assert settings["keep_heap"] == (fast._glibc() is not None)
+    assert settings["keep_heap"] == (glibc() is not None)

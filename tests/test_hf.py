@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -227,3 +229,22 @@ def test_convert_never_wipes_a_folder_it_did_not_write(lmf_gpt2_dir, tmp_path, c
     monkeypatch.chdir(here)
     assert main(["convert", "--to-hf", str(lmf_gpt2_dir), "."]) == 0  # --out . : in place, nothing left over
     assert (here / "config.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["here", "out"]
+
+
+def test_loading_a_model_folder_draws_nothing_and_imports_no_compiler(lmf_llama_dir):
+    """The model is built on the meta device without initial draws or table arithmetic (the file's tensors
+    replace them; the first operation on a meta tensor imports PyTorch's compiler, 0.8 s a process), and
+    loads exactly as saved."""
+    code = (
+        "import sys, torch; from lmforge.models.io import load_model\n"
+        f"model, _ = load_model({str(lmf_llama_dir)!r})\n"
+        "print('torch._dynamo' in sys.modules, torch.nn.init.normal_.__module__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "torch.nn.init"]
+    model, _ = load_model(lmf_llama_dir)
+    saved = load_file(lmf_llama_dir / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
+    rope = model.rope
+    fresh = type(rope)(rope.head_dim, rope.max_seq_len, rope.theta)
+    assert torch.equal(rope.cos, fresh.cos) and torch.equal(rope.sin, fresh.sin)

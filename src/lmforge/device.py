@@ -1,4 +1,5 @@
-"""Device and precision choice, one place for every stage (training, evaluation, generation, serving).
+"""Device and precision choice, and the CPU heap setting, one place for every stage (training,
+evaluation, generation, serving).
 
 ``auto`` means: CUDA when present, else the CPU; bf16 on CUDA, fp32 on the CPU (training also picks
 bf16 autocast on CPUs with AMX, where it pays: ``train/fast.py``; without AMX, AVX-512-BF16 alone makes
@@ -6,6 +7,11 @@ bf16 matmuls slower than fp32).
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -44,3 +50,39 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise LmforgeError(f"unknown dtype {name!r}; expected auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+# glibc's mallopt parameters and defaults (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextmanager
+def heap_allocator(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, glibc serves large blocks from the heap and keeps what is freed, so each
+    training step (or evaluation batch) reuses the previous one's memory. By default every block above
+    32 MiB (a 50k vocabulary's logits, its embedding gradient) is a fresh ``mmap``: the kernel zeroes it
+    page by page on first touch, step after step. Yields whether the setting is on (glibc only); on exit
+    the defaults return and the kept memory goes back to the OS."""
+    libc = glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB, never reached at a step's end
+    try:
+        yield True
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

@@ -190,7 +190,7 @@ def run_seq2seq(args: argparse.Namespace) -> int:
 def run_suite(args: argparse.Namespace) -> int:
     """Score the zero-shot tasks; print the table and write the reports beside the model folder, i.e. in
     its run folder, or in --out."""
-    from lmforge.device import pick_dtype
+    from lmforge.device import heap_allocator, pick_dtype
     from lmforge.evaluate.classify import model_folder
     from lmforge.evaluate.perplexity import load_for_eval
     from lmforge.evaluate.wikitext import run_wikitext
@@ -202,13 +202,14 @@ def run_suite(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise LmforgeError(f"{args.model}: no tokenizer found beside the model")
     results = []
-    for task in cfg.task_list:
-        if task == "wikitext":
-            path = cfg.wikitext or Path(cfg.data) / "wikitext2" / "wiki.test.raw"
-            results.append(run_wikitext(model, tokenizer, path, cfg.limit))
-        else:
-            results.append(run_task(model, tokenizer, task, Path(cfg.data), cfg.limit, cfg.batch_tokens))
-        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+    with heap_allocator():  # each batch's activations reuse the last one's pages
+        for task in cfg.task_list:
+            if task == "wikitext":
+                path = cfg.wikitext or Path(cfg.data) / "wikitext2" / "wiki.test.raw"
+                results.append(run_wikitext(model, tokenizer, path, cfg.limit))
+            else:
+                results.append(run_task(model, tokenizer, task, Path(cfg.data), cfg.limit, cfg.batch_tokens))
+            print(format_table(results[-1:]).splitlines()[-1], flush=True)
     folder = model_folder(args.model)
     path = write_suite(results, Path(cfg.out) if cfg.out else folder.resolve().parent, str(folder))
     print(format_table(results))

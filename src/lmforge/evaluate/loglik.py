@@ -169,7 +169,10 @@ def _score_rows(model: nn.Module, rows: list[list[_Tree]]) -> list[tuple[_Tree, 
     same_tree = group[:, :, None] == group[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     visible = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
-    mask = (same_tree & causal & visible)[:, None].to(device)
+    allowed = (same_tree & causal & visible)[:, None].to(device)
+    # as an additive mask (0 where seen, -inf where not): converted once, not in every layer's attention
+    dtype = model.lm_head.weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
     hidden = model(ids.to(device), positions=positions.to(device), attention=mask, head=False)
     where = torch.tensor(at, device=device)
     hidden = hidden[where[:, 0], where[:, 1]]

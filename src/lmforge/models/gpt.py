@@ -156,8 +156,10 @@ class GPT(nn.Module):
         key_valid: (B, S) bool, False at padding, covering every key attended to (cached + new).
         cache / cache_index: the KV cache, and (for fixed-shape decoding) the slots to write.
         last_only: the last position only (all generation needs).
-        attention: (B, 1, T, S) bool, which keys each query sees, in place of the causal mask (a tree of
-            requests that share a prefix, evaluate/loglik.py); give ``positions`` with it.
+        attention: (B, 1, T, S), which keys each query sees, in place of the causal mask (a tree of
+            requests that share a prefix, evaluate/loglik.py): bool, or additive (0 seen, -inf not) in the
+            attention's dtype, which the fused kernel takes without converting it in every layer; give
+            ``positions`` with it.
         """
         positions, mask = decode_positions_and_mask(input_ids, positions, key_valid, cache, cache_index)
         mask = mask if attention is None else attention

@@ -327,8 +327,12 @@ class RotaryEmbedding(nn.Module):
         self.reset_tables()
 
     def reset_tables(self, device: torch.device | str | None = None) -> None:
-        """(Re)compute the tables, e.g. after building the model on the meta device."""
+        """(Re)compute the tables, e.g. after building the model on the meta device (where only their
+        shape is set: arithmetic on meta tensors imports PyTorch's compiler, 0.8 s)."""
         d = self.head_dim
+        if torch.empty(0, device=device).is_meta:
+            self.cos = self.sin = torch.empty(self.max_seq_len, d, device="meta")
+            return
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, D)
@@ -363,7 +367,10 @@ class SinusoidalPositions(nn.Module):
         self.reset_tables()
 
     def reset_tables(self, device: torch.device | str | None = None) -> None:
-        """(Re)compute the table, e.g. after building the model on the meta device."""
+        """(Re)compute the table, e.g. after building the model on the meta device (there: its shape)."""
+        if torch.empty(0, device=device).is_meta:
+            self.table = torch.empty(self.max_seq_len, self.dim, device="meta")
+            return
         inv_freq = 10000.0 ** (-torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim)
         angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64, device=device), inv_freq)
         self.table = torch.cat([angles.sin(), angles.cos()], dim=-1).float()

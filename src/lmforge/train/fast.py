@@ -7,26 +7,17 @@
   144-147 vs 192-246 GFLOP/s at the GPT-6L/384d shapes), so auto keeps fp32 there.
 - The output layer fused into the loss (``models.losses.linear_cross_entropy``): always; the
   objectives call it (a 50k vocabulary's logits and their gradient are never stored).
-- Memory: on Linux/glibc CPUs the run keeps freed memory in the process heap (``heap_allocator``)
+- Memory: on Linux/glibc CPUs the run keeps freed memory in the process heap (``device.heap_allocator``)
   instead of returning every large block to the OS and faulting it back in, zeroed, at the next step.
 - AdamW: PyTorch's fused kernel (``train/optim.py``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
-from lmforge.device import pick_dtype
+from lmforge.device import glibc, pick_dtype
 from lmforge.train.optim import fused_adamw
-
-# glibc's mallopt parameters and defaults (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
 def has_amx() -> bool:
@@ -45,36 +36,6 @@ def training_dtype(name: str, device: torch.device) -> torch.dtype:
     return pick_dtype(name, device)
 
 
-def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-
-
-@contextmanager
-def heap_allocator(enabled: bool = True) -> Iterator[bool]:
-    """Within the block, glibc serves large blocks from the heap and keeps what is freed, so each
-    training step reuses the previous step's memory. By default every block above 32 MiB (a 50k
-    vocabulary's logits, its embedding gradient) is a fresh ``mmap``: the kernel zeroes it page by page
-    on first touch, step after step. Yields whether the setting is on (glibc only); on exit the defaults
-    return and the kept memory goes back to the OS."""
-    libc = _glibc() if enabled else None
-    if libc is None:
-        yield False
-        return
-    libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GiB, never reached at a step's end
-    try:
-        yield True
-    finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
-
-
 def describe(device: torch.device, dtype: torch.dtype, heap: bool, compiled: bool) -> dict:
     """The speed settings a run chose, for its log and ``settings.json``."""
     info = {
@@ -85,5 +46,5 @@ def describe(device: torch.device, dtype: torch.dtype, heap: bool, compiled: boo
         "compile": compiled,
     }
     if device.type == "cpu":
-        info.update(threads=torch.get_num_threads(), amx=has_amx(), keep_heap=heap and _glibc() is not None)
+        info.update(threads=torch.get_num_threads(), amx=has_amx(), keep_heap=heap and glibc() is not None)
     return info

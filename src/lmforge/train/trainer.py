@@ -23,12 +23,13 @@ import torch
 from lmforge.atomic import atomic_file
 from lmforge.checkpoint import list_checkpoints
 from lmforge.config import save_config
+from lmforge.device import heap_allocator
 from lmforge.errors import LmforgeError
 from lmforge.train import distributed as D
 from lmforge.train.adapt import adapt, merge_for_export
 from lmforge.train.checkpointer import Checkpointer
 from lmforge.train.config import TrainConfig
-from lmforge.train.fast import describe, heap_allocator, training_dtype
+from lmforge.train.fast import describe, training_dtype
 from lmforge.train.metrics import MetricsLog, Throughput, peak_flops, read_records
 from lmforge.train.objective import Batch, Objective, build_objective
 from lmforge.train.optim import build_optimizer, build_scheduler
