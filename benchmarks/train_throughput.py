@@ -26,10 +26,11 @@ import torch
 from _reference_gpt import ReferenceGPT, optimizer, train_step
 from _report import machine, summary, write_json
 from lmforge.config import load_config
+from lmforge.device import heap_allocator
 from lmforge.tokenizer.shards import build_shards
 from lmforge.tokenizer.train import train_char
 from lmforge.train.config import TrainConfig
-from lmforge.train.fast import describe, heap_allocator
+from lmforge.train.fast import describe
 from lmforge.train.trainer import Trainer
 
 LAYERS, HEADS, D, CONTEXT, BATCH = 6, 6, 384, 256, 8

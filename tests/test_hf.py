@@ -248,3 +248,27 @@ def test_loading_a_model_folder_draws_nothing_and_imports_no_compiler(lmf_llama_
     rope = model.rope
     fresh = type(rope)(rope.head_dim, rope.max_seq_len, rope.theta)
     assert torch.equal(rope.cos, fresh.cos) and torch.equal(rope.sin, fresh.sin)
+
+
+def test_a_model_built_in_another_thread_meanwhile_is_drawn():
+    """skeleton() skips initial draws in its own thread only: a model built elsewhere at the same time gets
+    its random weights, and nn.init.normal_ is PyTorch's again after the last block closes."""
+    import threading
+
+    from lmforge.models.io import skeleton
+
+    inside, done = threading.Event(), threading.Event()
+
+    def hold():
+        with skeleton():
+            inside.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(10)
+    layer = torch.nn.Embedding(64, 8)  # nn.Embedding draws its weights through nn.init.normal_
+    done.set()
+    holder.join()
+    assert layer.weight.std() > 0.5
+    assert torch.nn.init.normal_.__module__ == "torch.nn.init"

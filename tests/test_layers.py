@@ -83,17 +83,26 @@ def merge_by_hand(attn: MultiHeadAttention, y: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("t", "d", "upcast"), [(16, 8, True), (64, 64, True), (256, 32, True), (256, 64, False)]
 )
-def test_bf16_training_attention_takes_the_faster_kernel(t, d, upcast):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # fp32 under autocast: after RoPE
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_training_attention_takes_the_faster_kernel(t, d, upcast, dtype, masked):
     """Training in bf16 on a CPU, short sequences and narrow heads run PyTorch's fp32 attention kernel (its
     bf16 backward is 3x slower there): output and gradients are the fp32 kernel's, rounded to bf16, also
-    under autocast (which would cast the inputs back); long sequences with 64-wide heads stay in bf16."""
-    q, k, v = (torch.randn(1, 2, t, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    under autocast (which would cast the inputs back) and for queries autocast has left in fp32 (RoPE's
+    fp32 tables do), with a bf16 additive mask too; long sequences with 64-wide heads stay in bf16."""
+    q, k, v = (torch.randn(1, 2, t, d, dtype=dtype, requires_grad=True) for _ in range(3))
     grad = torch.randn(1, 2, t, d, dtype=torch.bfloat16)
+    allowed = torch.ones(t, t, dtype=torch.bool).tril()
+    mask = torch.zeros(t, t, dtype=torch.bfloat16).masked_fill_(~allowed, float("-inf")) if masked else None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = scaled_dot_product_attention(q, k, v, mask, is_causal=not masked)
     grads = torch.autograd.grad(out, (q, k, v), grad)
-    inputs = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
-    want = F.scaled_dot_product_attention(*inputs, is_causal=True).bfloat16()
+    if upcast:
+        fp32 = (q.float(), k.float(), v.float(), None if mask is None else mask.float())
+        want = F.scaled_dot_product_attention(*fp32[:3], attn_mask=fp32[3], is_causal=not masked).bfloat16()
+    else:
+        bf16 = (q.bfloat16(), k.bfloat16(), v.bfloat16())
+        want = F.scaled_dot_product_attention(*bf16, attn_mask=mask, is_causal=not masked)
     want_grads = torch.autograd.grad(want, (q, k, v), grad)
     assert out.dtype == torch.bfloat16 and torch.equal(out, want)
     assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))

@@ -7,6 +7,7 @@ silent partial load.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,18 +126,38 @@ def read_model_config(model_dir: str | Path) -> Any:
     return registry.config_from_dict({**meta["model"], "arch": arch})
 
 
+_REAL_NORMAL = nn.init.normal_
+_SKELETON = threading.local()  # .depth: how many skeleton() blocks this thread is inside
+_SKELETON_LOCK = threading.Lock()
+_skeletons = 0  # skeleton() blocks open in any thread: while > 0, nn.init.normal_ is _normal_unless_skeleton
+
+
+def _normal_unless_skeleton(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if getattr(_SKELETON, "depth", 0):
+        return tensor
+    return _REAL_NORMAL(tensor, *args, **kwargs)
+
+
 @contextmanager
 def skeleton() -> Iterator[None]:
     """Modules built inside have meta tensors (no memory) and no initial draw: the file's tensors
     replace them, and the first random draw on a meta tensor imports PyTorch's compiler (0.8 s a
-    process, measured) for nothing. The models draw through ``nn.init.normal_``."""
-    normal = nn.init.normal_
-    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    process, measured) for nothing. The models draw through ``nn.init.normal_``, which skips the draw
+    for this thread only; other threads draw as usual meanwhile."""
+    global _skeletons
+    with _SKELETON_LOCK:
+        _skeletons += 1
+        nn.init.normal_ = _normal_unless_skeleton
+    _SKELETON.depth = getattr(_SKELETON, "depth", 0) + 1
     try:
         with torch.device("meta"):
             yield
     finally:
-        nn.init.normal_ = normal
+        _SKELETON.depth -= 1
+        with _SKELETON_LOCK:
+            _skeletons -= 1
+            if not _skeletons:
+                nn.init.normal_ = _REAL_NORMAL
 
 
 def load_model(

@@ -38,21 +38,28 @@ def scaled_dot_product_attention(
 ) -> Tensor:
     """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient)."""
     if _slow_bf16_backward(q):
+        if mask is not None and mask.is_floating_point():
+            mask = mask.float()
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
             out = F.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p
             )
-        return out.to(q.dtype)
+        return out.to(torch.bfloat16)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
 
 
 def _slow_bf16_backward(q: Tensor) -> bool:
-    """Whether PyTorch's CPU flash-attention backward is slower in bf16 than in fp32 for these queries
-    (measured, torch 2.13, 2-core AMX Xeon, fwd+bwd in ms bf16 / fp32 at batch x heads x length x head
-    dim): short sequences and narrow heads (32x4x64x32: 9.3 / 3.3; 32x4x64x64: 11.5 / 4.7; 16x8x128x32:
-    20.3 / 7.6; 8x12x256x32: 21.5 / 15.5), whereas from 256 positions with heads of 64 or 1,024 positions
-    bf16 wins (8x6x256x64: 12.5 / 14.2; 4x12x512x64: 36.4 / 53.9; 1x12x1024x32: 14.4 / 15.8)."""
-    if not (q.requires_grad and q.dtype == torch.bfloat16 and q.device.type == "cpu"):
+    """Whether the attention is trained in bf16 on a CPU (the queries' dtype, or CPU autocast's: RoPE's
+    fp32 tables make autocast's q fp32 here) where PyTorch's flash-attention backward is slower in bf16
+    than in fp32 (measured, torch 2.13, 2-core AMX Xeon, fwd+bwd in ms bf16 / fp32 at batch x heads x
+    length x head dim): short sequences and narrow heads (32x4x64x32: 9.3 / 3.3; 32x4x64x64: 11.5 / 4.7;
+    16x8x128x32: 20.3 / 7.6; 8x12x256x32: 21.5 / 15.5), whereas from 256 positions with heads of 64 or
+    1,024 positions bf16 wins (8x6x256x64: 12.5 / 14.2; 4x12x512x64: 36.4 / 53.9; 1x12x1024x32: 14.4 /
+    15.8). The output is bf16 either way."""
+    if not (q.requires_grad and q.device.type == "cpu"):
+        return False
+    autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if not (q.dtype == torch.bfloat16 or (autocast and q.dtype == torch.float32)):
         return False
     t, d = q.size(-2), q.size(-1)
     return t < 256 or (d < 64 and t < 1024)

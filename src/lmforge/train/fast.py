@@ -1,8 +1,9 @@
 """The fast training settings each machine gets by default, and the line that tells the run log which.
 
 - Precision: ``dtype=auto`` trains under bf16 autocast (fp32 master weights and optimizer) on CUDA and
-  on CPUs with AMX, whose bf16 matmuls are several times their fp32 ones; elsewhere in fp32 (where
-  bf16 attention's backward is slower than fp32's, ``models.layers`` runs that part in fp32). On a CPU
+  on CPUs with AMX, whose bf16 matmuls are several times their fp32 ones; elsewhere in fp32. Under
+  CPU autocast, attention at short sequences and narrow heads still runs in fp32, where PyTorch's bf16
+  attention backward is the slower one (``models.layers.scaled_dot_product_attention``). On a CPU
   with AVX-512-BF16 but no AMX, bf16 matmuls are *slower* than fp32 (measured on a 2-core Xeon:
   144-147 vs 192-246 GFLOP/s at the GPT-6L/384d shapes), so auto keeps fp32 there.
 - The output layer fused into the loss (``models.losses.linear_cross_entropy``): always; the
