@@ -51,6 +51,7 @@ def test_amx_is_found_where_the_cpu_has_it():
 
 FAULTS = """
 import json, resource, torch
+import lmforge.train.fast  # a training process's imports: its heap layout (see the test's docstring)
 from lmforge.device import heap_allocator
 
 def faults(nbytes):  # minor page faults of allocating and writing a fresh nbytes tensor
@@ -71,8 +72,13 @@ print(json.dumps(out))
 @pytest.mark.skipif(not sys.platform.startswith("linux") or glibc() is None, reason="glibc only")
 def test_the_kept_heap_serves_the_next_large_block_without_page_faults():
     """In a fresh process (a long-lived one's heap layout is whatever earlier work left); up to three:
-    in about 1 of 10 fresh processes here the kept block is faulted in again (the heap could not grow
-    in place), so one process alone would make a flaky test."""
+    in about 1 of 10 fresh processes here the kept block is faulted in again, so one process alone
+    would make a flaky test. Why layout matters: PyTorch allocates 64-byte aligned, and glibc's aligned
+    allocation asks for a little more than the block, so a freed block fits the next same-size request
+    only when free space lies next to it; right after importing only ``lmforge.device`` small
+    allocations land between the large blocks and nothing is reused (9 processes in 12), after a
+    training process's imports they come from free space elsewhere. Training and ``eval suite`` runs
+    show the steady state: 1.47M page faults of an eval run became 0.31M."""
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
         got = json.loads(done.stdout.strip().splitlines()[-1])
