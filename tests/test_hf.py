@@ -231,19 +231,25 @@ def test_convert_never_wipes_a_folder_it_did_not_write(lmf_gpt2_dir, tmp_path, c
     assert (here / "config.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["here", "out"]
 
 
-def test_loading_a_model_folder_draws_nothing_and_imports_no_compiler(lmf_llama_dir):
+@pytest.mark.parametrize("how", ["load", "convert"])
+def test_loading_a_model_folder_draws_nothing_and_imports_no_compiler(
+    how, lmf_llama_dir, hf_llama_dir, tmp_path
+):
     """The model is built on the meta device without initial draws or table arithmetic (the file's tensors
-    replace them; the first operation on a meta tensor imports PyTorch's compiler, 0.8 s a process), and
-    loads exactly as saved."""
+    replace them; the first operation on a meta tensor imports PyTorch's compiler, 0.8 s a process), when
+    a folder loads and when a transformers checkpoint converts; the weights are the checkpoint's."""
+    step = {
+        "load": f"from lmforge.models.io import load_model; load_model({str(lmf_llama_dir)!r})",
+        "convert": "from lmforge.hf.convert import from_hf; "
+        f"from_hf({str(hf_llama_dir)!r}, {str(tmp_path / 'o')!r})",
+    }[how]
     code = (
-        "import sys, torch; from lmforge.models.io import load_model\n"
-        f"model, _ = load_model({str(lmf_llama_dir)!r})\n"
-        "print('torch._dynamo' in sys.modules, torch.nn.init.normal_.__module__)"
+        f"import sys, torch; {step}\nprint('torch._dynamo' in sys.modules, torch.nn.init.normal_.__module__)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "torch.nn.init"]
-    model, _ = load_model(lmf_llama_dir)
-    saved = load_file(lmf_llama_dir / "model.safetensors")
+    model, _ = load_model(lmf_llama_dir if how == "load" else tmp_path / "o")
+    saved = load_file(lmf_llama_dir / "model.safetensors")  # converted from hf_llama_dir before
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
     rope = model.rope
     fresh = type(rope)(rope.head_dim, rope.max_seq_len, rope.theta)

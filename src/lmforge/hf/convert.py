@@ -23,7 +23,14 @@ from lmforge.atomic import atomic_directory
 from lmforge.errors import LmforgeError
 from lmforge.hf.adapter import Adapter, StateDict
 from lmforge.hf.registry import by_model_type, for_config
-from lmforge.models.io import check_state_dict, load_model, model_state_dict, read_safetensors, save_model
+from lmforge.models.io import (
+    check_state_dict,
+    load_model,
+    model_state_dict,
+    read_safetensors,
+    save_model,
+    skeleton,
+)
 from lmforge.models.registry import build
 from lmforge.tokenizer.core import Tokenizer
 
@@ -142,7 +149,7 @@ def convert_state(
     source: str,
 ) -> Path:
     """Tensors in transformers' names (from a checkpoint folder or another format) -> a model folder."""
-    with torch.device("meta"):
+    with skeleton():
         model = build(config)
     state = import_state(adapter, hf_state, config, model_state_dict(model), source)
     _load_keeping_ties(model, state)
