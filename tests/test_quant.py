@@ -14,6 +14,7 @@ from lmforge.infer.config import QuantizeConfig
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.quantize import quantize_folder
 from lmforge.infer.sampling import GenerationConfig
+from lmforge.models import native, quant
 from lmforge.models.io import load_model
 from lmforge.models.quant import (
     KERNEL_ROWS,
@@ -23,6 +24,7 @@ from lmforge.models.quant import (
     gptq_int4,
     int4_levels,
     layer_group,
+    native_int8_linear,
     pack_nibbles,
     quantize_int4,
     quantize_int8,
@@ -145,9 +147,10 @@ def test_asymmetric_int4_is_finer_on_skewed_weights():
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_integer_matmul_matches_the_float_reference(bits):
-    """Decode-sized inputs (the integer kernel, bf16 activations) give x ŵᵀ + b to bf16 precision;
+def test_integer_matmul_matches_the_float_reference(bits, monkeypatch):
+    """Decode-sized inputs (PyTorch's integer kernel, bf16 activations) give x ŵᵀ + b to bf16 precision;
     longer ones (dequantized weights) exactly; both within the bound the weight error allows."""
+    monkeypatch.setattr(quant, "_native_int8", lambda: None)  # lmforge's kernel: the next test
     torch.manual_seed(0)
     linear = nn.Linear(128, 48)
     with torch.no_grad():
@@ -168,6 +171,72 @@ def test_integer_matmul_matches_the_float_reference(bits):
         bound = x.abs() @ (linear.weight - w_hat).abs().T.detach() + (0.05 if rows <= KERNEL_ROWS else 1e-4)
         assert ((y - exact).abs() <= bound).all()
         assert (y - exact).abs().max() > 0  # quantized, not a float copy
+
+
+needs_vnni = pytest.mark.skipif(quant._native_int8() is None, reason="no AVX512-VNNI kernel on this machine")
+
+
+@needs_vnni
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(48, 128, True), (37, 50, False), (5, 1536, True)])
+def test_native_int8_kernel_is_the_float_product(shape, dtype):
+    """lmforge's VNNI kernel: x split into three int8 terms leaves ~6e-8 max|x| of x, so y = x ŵᵀ + b to
+    fp32 precision (1e-5 of the largest output) at every row count up to KERNEL_ROWS, shapes that fill
+    no block of 16 outputs or 16 inputs, a bias or none, an outlier column; bf16 in and out: the exact
+    product of the bf16 inputs, rounded once."""
+    out_features, in_features, bias = shape
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    layer = Int8Linear.from_linear(linear)
+    w_hat = layer.dequantized().double()
+    for rows in (1, 2, 3, 17, KERNEL_ROWS):
+        x = torch.randn(1, rows, in_features)
+        x[..., 0] *= 40
+        x = x.to(dtype)
+        with torch.no_grad():
+            y = layer(x)
+        reference = x.double() @ w_hat.T + (linear.bias.double() if bias else 0)
+        assert y.dtype == dtype and y.shape == (1, rows, out_features)
+        if dtype == torch.float32:
+            assert (y.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
+        else:  # one rounding of the exact result: within half a bf16 step (2^-8 relative) of it
+            assert ((y.double() - reference).abs() <= reference.abs() * 2**-8 + 1e-6).all()
+
+
+@needs_vnni
+def test_native_int8_kernel_leaves_non_finite_inputs_and_gradients_to_pytorch():
+    """An inf in x: the kernel declines (its scale would be inf) and PyTorch's path gives inf/nan as a
+    float matmul would; an x that needs a gradient takes the dequantized (differentiable) path."""
+    layer = Int8Linear.from_linear(nn.Linear(32, 16, bias=False))
+    x = torch.randn(1, 32)
+    x[0, 3] = float("inf")
+    assert native_int8_linear(x, layer._vnni(), 16) is None
+    with torch.no_grad():
+        assert not layer(x).isfinite().all()
+    x = torch.randn(2, 32, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.dequantized().sum(0).expand(2, 32))
+
+
+def test_native_kernels_are_built_once_and_cached(tmp_path, monkeypatch):
+    """The library lands in $LMFORGE_CACHE under a name hashing source, compiler and CPU; a second
+    build reuses it; a compiler that fails gives no library, and lmforge keeps PyTorch's path."""
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
+    try:
+        first = native._build("int8_linear")
+    except OSError as e:  # no compiler or no AVX512-VNNI here: the failure is what lmforge reports
+        assert "int8_linear" in str(e) or "compiler" in str(e) or "x86-64" in str(e)
+        return
+    assert first.parent == tmp_path and first.name.startswith("int8_linear-")
+    stamp = first.stat().st_mtime_ns
+    assert native._build("int8_linear") == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails: another hash, a failed build
+    with pytest.raises(OSError, match="could not build"):
+        native._build("int8_linear")
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+    monkeypatch.setenv("LMFORGE_NATIVE", "0")
+    assert native.library.__wrapped__("int8_linear") is None
 
 
 def test_layer_group_is_the_largest_power_of_two_that_divides():

@@ -1,0 +1,97 @@
+"""Kernels written in C (``models/kernels/*.c``), compiled for this CPU at first use and cached.
+
+A kernel is built with the system's C compiler (``$CC``, else ``cc``) at ``-O3 -march=native`` with
+OpenMP, into ``$LMFORGE_CACHE`` (default ``$XDG_CACHE_HOME/lmforge``, else ``~/.cache/lmforge``) under a
+name that hashes the source, the compiler and the CPU, written to a temporary file and renamed (two
+processes may build it at once). It shares PyTorch's OpenMP runtime (same soname, loaded once), so its
+threads are PyTorch's. Nothing is required: without a compiler, on another OS or CPU, when the build
+fails (a kernel refuses to compile without the instructions it needs) or with ``LMFORGE_NATIVE=0``,
+``library`` returns None and callers keep PyTorch's path; ``lmforge.models.native`` logs why once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("lmforge.native")
+
+SOURCES = Path(__file__).with_name("kernels")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def cache_dir() -> Path:
+    if os.environ.get("LMFORGE_CACHE"):
+        return Path(os.environ["LMFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmforge"
+
+
+def _cpu() -> bytes:
+    """What -march=native compiles for: the CPU's model and flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor().encode()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines))).encode()
+
+
+def _compiler() -> tuple[str, bytes] | None:
+    cc = shutil.which(os.environ.get("CC") or "cc")
+    if cc is None:
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return cc, version
+
+
+def _build(name: str) -> Path:
+    """The compiled library of ``kernels/<name>.c`` (built now unless cached); raises on failure."""
+    where = f"{platform.system()}/{platform.machine()}"
+    if where not in ("Linux/x86_64", "Linux/AMD64"):
+        raise OSError(f"native kernels are built on x86-64 Linux only, not {where}")
+    found = _compiler()
+    if found is None:
+        raise OSError("no C compiler (set CC or install cc)")
+    cc, version = found
+    source = SOURCES / f"{name}.c"
+    digest = hashlib.sha256(source.read_bytes() + version + _cpu() + " ".join(FLAGS).encode()).hexdigest()
+    target = cache_dir() / f"{name}-{digest[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-", suffix=".so")
+    os.close(fd)
+    try:
+        command = [cc, *FLAGS, str(source), "-o", tmp]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise OSError(f"{cc} could not build {source.name}: {first}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def library(name: str) -> ctypes.CDLL | None:
+    """The kernel library ``kernels/<name>.c`` for this CPU, or None (PyTorch's path is used then)."""
+    if os.environ.get("LMFORGE_NATIVE", "1") == "0":
+        return None
+    try:
+        return ctypes.CDLL(str(_build(name)))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.info("native kernel %s unavailable, using PyTorch's: %s", name, e)
+        return None
