@@ -7,13 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import uncached_greedy
 from lmforge.cli import main
 from lmforge.config import ConfigError
 from lmforge.errors import LmforgeError
+from lmforge.infer import cpu
 from lmforge.infer.config import QuantizeConfig
+from lmforge.infer.engine import Engine
 from lmforge.infer.generate import generate_ids
 from lmforge.infer.quantize import quantize_folder
-from lmforge.infer.sampling import GenerationConfig
+from lmforge.infer.sampling import GenerationConfig, SamplingParams
 from lmforge.models import native, quant
 from lmforge.models.io import load_model
 from lmforge.models.quant import (
@@ -30,6 +33,7 @@ from lmforge.models.quant import (
     quantize_int8,
     unpack_nibbles,
 )
+from test_engine import PROMPTS, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,7 +154,7 @@ def test_asymmetric_int4_is_finer_on_skewed_weights():
 def test_integer_matmul_matches_the_float_reference(bits, monkeypatch):
     """Decode-sized inputs (PyTorch's integer kernel, bf16 activations) give x ŵᵀ + b to bf16 precision;
     longer ones (dequantized weights) exactly; both within the bound the weight error allows."""
-    monkeypatch.setattr(quant, "_native_int8", lambda: None)  # lmforge's kernel: the next test
+    monkeypatch.setattr(quant, "native_int8", lambda: None)  # lmforge's kernel: the next test
     torch.manual_seed(0)
     linear = nn.Linear(128, 48)
     with torch.no_grad():
@@ -173,7 +177,7 @@ def test_integer_matmul_matches_the_float_reference(bits, monkeypatch):
         assert (y - exact).abs().max() > 0  # quantized, not a float copy
 
 
-needs_vnni = pytest.mark.skipif(quant._native_int8() is None, reason="no AVX512-VNNI kernel on this machine")
+needs_vnni = pytest.mark.skipif(quant.native_int8() is None, reason="no AVX512-VNNI kernel on this machine")
 
 
 @needs_vnni
@@ -218,25 +222,60 @@ def test_native_int8_kernel_leaves_non_finite_inputs_and_gradients_to_pytorch():
     torch.testing.assert_close(x.grad, layer.dequantized().sum(0).expand(2, 32))
 
 
+@needs_vnni
+def test_int8_llama_decodes_each_step_in_one_native_call_as_pytorch_does(lmf_llama_dir, monkeypatch):
+    """An int8 Llama-family model in fp32: the engine's decode steps run in ``lmforge_int8_decode``
+    (norms, RoPE, grouped-query attention over each row's own cache length, SwiGLU, residuals in C)
+    and give the logits of the PyTorch forward over the whole sequence (to 1e-4) and its greedy tokens,
+    with requests joining at different steps and finishing at different lengths (rows move slots)."""
+    model, _ = load_model(lmf_llama_dir)
+    quant.quantize_model(model, quant.QuantSpec(bits=8))
+    calls, step = [], cpu.Int8Decoder.__call__
+
+    def counted(self, tokens, positions, cache):
+        logits = step(self, tokens, positions, cache)
+        calls.append((len(tokens), logits))
+        return logits
+
+    monkeypatch.setattr(cpu.Int8Decoder, "__call__", counted)
+    greedy = [SamplingParams(max_tokens=n, temperature=0) for n in (12, 5, 9, 7, 10)]
+    arrivals = {0: [(PROMPTS[0], greedy[0])], 2: [(PROMPTS[1], greedy[1]), (PROMPTS[2], greedy[2])]}
+    arrivals[6] = [(PROMPTS[3], greedy[3]), (PROMPTS[4], greedy[4])]
+    served = run(Engine(model, max_batch=4), arrivals)
+    expected = [uncached_greedy(model, p, g.max_tokens) for p, g in zip(PROMPTS, greedy)]
+    assert [tokens for tokens, _, _ in served] == expected
+    assert len(calls) >= 11 and max(rows for rows, _ in calls) == 4  # every decode step, up to 4 rows
+    # one step's logits against the forward over the whole sequence
+    engine = Engine(model, max_batch=2)
+    engine.add_request(PROMPTS[0], greedy[0])
+    engine.add_request(PROMPTS[3], greedy[0])
+    engine.step()
+    sequences = [[*r.prompt, r.last] for r in engine.running]
+    engine.step()
+    with torch.no_grad():
+        reference = torch.stack([model(torch.tensor([s]))[0, -1] for s in sequences])
+    torch.testing.assert_close(calls[-1][1], reference, atol=1e-4, rtol=1e-4)
+
+
 def test_native_kernels_are_built_once_and_cached(tmp_path, monkeypatch):
     """The library lands in $LMFORGE_CACHE under a name hashing source, compiler and CPU; a second
     build reuses it; a compiler that fails gives no library, and lmforge keeps PyTorch's path."""
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
     try:
-        first = native._build("int8_linear")
+        first = native._build("int8")
     except OSError as e:  # no compiler or no AVX512-VNNI here: the failure is what lmforge reports
-        assert "int8_linear" in str(e) or "compiler" in str(e) or "x86-64" in str(e)
+        assert "int8" in str(e) or "compiler" in str(e) or "x86-64" in str(e)
         return
-    assert first.parent == tmp_path and first.name.startswith("int8_linear-")
+    assert first.parent == tmp_path and first.name.startswith("int8-")
     stamp = first.stat().st_mtime_ns
-    assert native._build("int8_linear") == first and first.stat().st_mtime_ns == stamp
+    assert native._build("int8") == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails: another hash, a failed build
     with pytest.raises(OSError, match="could not build"):
-        native._build("int8_linear")
+        native._build("int8")
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
     monkeypatch.setenv("LMFORGE_NATIVE", "0")
-    assert native.library.__wrapped__("int8_linear") is None
+    assert native.library.__wrapped__("int8") is None
 
 
 def test_layer_group_is_the_largest_power_of_two_that_divides():

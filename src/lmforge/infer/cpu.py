@@ -10,6 +10,11 @@ fp32 matrix is kept as a contiguous W^T instead, for MKL's addmm, faster still a
 The packed copy shares every other tensor with the model and is rebuilt when the weights change, as
 their version counters tell; PyTorch's fused AdamW updates weights without bumping them, so a model that
 is still training must not be packed (``Seq2SeqStepper(pack=False)``).
+
+An int8 Llama-family model in fp32 decodes each step in one call of lmforge's C kernel
+(``Int8Decoder``): between its int8 matmuls a layer runs some forty small PyTorch operations (norms,
+rotations, attention, residuals), and at one row each costs more in dispatch than in arithmetic. On a
+135M model that overhead was about half of every step.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import weakref
 
 import torch
 from torch import Tensor, nn
+
+from lmforge.models.gpt import GPT
+from lmforge.models.layers import Block, KVCache, RMSNorm, SwiGLU
+from lmforge.models.quant import Int8Linear, native_int8
 
 ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
@@ -98,3 +107,70 @@ def packed_for_decode(model: nn.Module, batch: int) -> nn.Module:
         twin = model
     _PACKED[model] = (version, None if twin is model else twin)  # never the model itself: a weak key
     return twin
+
+
+class Int8Decoder:
+    """A decode step of ``model`` (a ``GPT`` with RoPE, RMSNorm, pre-norm blocks, a SwiGLU MLP and every
+    block's linear layers int8, in fp32 on a CPU) for rows that each add one token at their own
+    position: the blocks in one call of ``lmforge_int8_decode`` (``models/kernels/int8.c``), the
+    embedding, final norm and head in PyTorch. Made per decode run (the weights' layout is cached on
+    each layer); ``int8_decoder`` says whether a model qualifies."""
+
+    def __init__(self, model: GPT):
+        self.model, self.lib = model, native_int8()
+        keep, pointers = [], []
+        for block in model.blocks:
+            a, f = block.attn, block.mlp
+            for part in (block.attn_norm.weight, a.qkv, a.proj, block.mlp_norm.weight, f.gate_up, f.proj):
+                tensors = part._vnni() if isinstance(part, Int8Linear) else (part.detach().contiguous(),)
+                keep += tensors
+                pointers += [0 if t is None else t.data_ptr() for t in tensors]
+        self.keep, self.pointers = keep, torch.tensor(pointers, dtype=torch.int64)
+
+    def __call__(self, tokens: list[int], positions: list[int], cache: KVCache) -> Tensor | None:
+        """Logits (rows, vocab) after feeding row i ``tokens[i]`` at ``positions[i]`` (its cache length,
+        cache row i); None when an activation is not finite (the caller decodes its own way)."""
+        m, c = self.model, self.model.config
+        x = m.tok_emb(torch.tensor(tokens)).contiguous()
+        pos = torch.tensor(positions, dtype=torch.int64)
+        status = self.lib.lmforge_int8_decode(
+            c.n_layer, len(tokens), c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.d_ff, c.norm_eps,
+            self.pointers.data_ptr(), x.data_ptr(), pos.data_ptr(),
+            m.rope.cos.data_ptr(), m.rope.sin.data_ptr(),
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.size(1), cache.k.size(3),
+        )  # fmt: skip
+        return None if status else m.lm_head(m.norm_f(x))
+
+
+def _llama_block(block: nn.Module) -> bool:
+    return (
+        isinstance(block, Block)
+        and block.norm_position == "pre"
+        and block.cross_attn is None
+        and isinstance(block.attn_norm, RMSNorm)
+        and isinstance(block.mlp_norm, RMSNorm)
+        and isinstance(block.mlp, SwiGLU)
+        and all(isinstance(x, Int8Linear) for x in (block.attn.qkv, block.attn.proj, *block.mlp.children()))
+    )
+
+
+def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
+    """The native decode step for ``model`` and its decode ``cache``, or None: not an int8 Llama-family
+    ``GPT`` in fp32 on a CPU, in training, with hooks, with an fp32 cache of another layout, or no
+    kernel for this CPU."""
+    if not isinstance(model, GPT) or model.training or native_int8() is None:
+        return None
+    c = model.config
+    if c.pos_emb != "rope" or c.norm != "rmsnorm" or c.mlp != "swiglu":
+        return None
+    floats = (model.tok_emb.weight, model.rope.cos, model.rope.sin)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in floats):
+        return None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None
+    shape = (c.n_layer, cache.k.size(1), c.n_kv_head, cache.k.size(3), c.head_dim)
+    if cache.k.dtype != torch.float32 or tuple(cache.k.shape) != shape or not cache.k.is_contiguous():
+        return None
+    if not all(_llama_block(block) for block in model.blocks):
+        return None
+    return Int8Decoder(model)

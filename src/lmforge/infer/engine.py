@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
-from lmforge.infer.cpu import ENGINES_KEY, packed_for_decode, packing_rows
+from lmforge.infer.cpu import ENGINES_KEY, Int8Decoder, int8_decoder, packed_for_decode, packing_rows
 from lmforge.infer.detok import CONTEXT, TextTracker
 from lmforge.infer.sampling import SamplingParams, sample_rows
 from lmforge.models.gpt import GPT
@@ -219,6 +219,7 @@ class Engine:
         self.seen = torch.zeros(max_batch, c.vocab_size, dtype=torch.bool, device=self.device)
         self.counts = torch.zeros(max_batch, c.vocab_size, device=self.device)
         self.packed: GPT | None = None  # the model's packed CPU copy, chosen when the engine gets busy
+        self.native: Int8Decoder | None = None  # an int8 model's decode step in C, chosen likewise
         self.pack_from = 0  # ... and used for forwards of at least this many rows
         self.running: list[_Request] = []  # running[i] holds slot i
         self.waiting: deque[_Request] = deque()
@@ -277,6 +278,7 @@ class Engine:
             pays = rows is not None and rows <= self.max_batch
             self.packed = packed_for_decode(self.model, self.max_batch) if pays else None
             self.pack_from = rows or 0
+            self.native = None if self.fixed is not None else int8_decoder(self.model, self.cache)
         outputs = []
         if self.running:
             outputs += self._advance(self.running, self._decode())
@@ -301,6 +303,10 @@ class Engine:
             r.length += 1
         if self.fixed is not None:
             return self.fixed(tokens, lengths)
+        if self.native is not None:
+            logits = self.native(tokens, lengths, self.cache)
+            if logits is not None:
+                return logits
         span = max(lengths) + 1
         pos = torch.tensor(lengths, device=self.device)[:, None]
         uniform = min(lengths) == span - 1  # no mask: every row sees the whole span

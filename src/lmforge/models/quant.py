@@ -14,7 +14,7 @@ so |w - ŵ| <= s / 2 for every weight within the grid's range, which is all of t
 search clips, up to the rounding of s and z to bf16, in which they are stored (the min/max grid spends
 all 16 levels on [min w, max w]).
 A decode step (at most ``KERNEL_ROWS`` rows) multiplies on the integers, never a dequantized matrix:
-int8 on a CPU with AVX512-VNNI through lmforge's own kernel (``kernels/int8_linear.c``: the activations
+int8 on a CPU with AVX512-VNNI through lmforge's own kernel (``kernels/int8.c``: the activations
 split exactly into three int8 terms, VNNI byte dot products; 1.5-1.9x PyTorch's kernel at one row and
 about fp32-exact), elsewhere PyTorch's CPU kernels ``_weight_int8pack_mm`` and
 ``_weight_int4pack_mm_for_cpu``, fed bf16 activations (their fp32 path is several times slower than a
@@ -238,26 +238,28 @@ def pack_vnni(q: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.cache
-def _native_int8() -> ctypes._CFuncPtr | None:
-    lib = native.library("int8_linear")
+def native_int8() -> ctypes.CDLL | None:
+    """lmforge's int8 kernels for this CPU (``kernels/int8.c``: ``lmforge_int8_linear`` and the decode
+    step ``lmforge_int8_decode``), or None where they cannot be built."""
+    lib = native.library("int8")
     if lib is None:
         return None
-    fn = lib.lmforge_int8_linear
-    c, p = ctypes.c_long, ctypes.c_void_p
-    fn.argtypes = [p, ctypes.c_int, c, c, c, p, p, p, p, p, c]
-    fn.restype = ctypes.c_int
-    return fn
+    c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+    lib.lmforge_int8_linear.argtypes = [p, i, c, c, c, p, p, p, p, p, c]
+    lib.lmforge_int8_decode.argtypes = [c, c, c, c, c, c, c, ctypes.c_float, p, p, p, p, p, p, p, c, c]
+    lib.lmforge_int8_linear.restype = lib.lmforge_int8_decode.restype = i
+    return lib
 
 
 def native_int8_linear(x: Tensor, packed: tuple[Tensor, ...], out_features: int) -> Tensor | None:
     """x (M, K) fp32 or bf16 on the CPU times ``Int8Linear._vnni``'s packed weights, in x's dtype; None
-    when the kernel cannot take it (a non-finite x, too many inputs). Only when ``_native_int8()``."""
+    when the kernel cannot take it (a non-finite x, too many inputs). Only when ``native_int8()``."""
     if x.size(1) > NATIVE_MAX_INPUTS:
         return None
     w, offset, scale, bias = packed
     x = x.contiguous()
     y = torch.empty(x.size(0), out_features, dtype=x.dtype)
-    status = _native_int8()(
+    status = native_int8().lmforge_int8_linear(
         x.data_ptr(), x.dtype == torch.bfloat16, x.size(0), x.size(1), w.size(1) * 4, w.data_ptr(),
         offset.data_ptr(), scale.data_ptr(), bias.data_ptr() if bias is not None else None,
         y.data_ptr(), out_features,
@@ -304,7 +306,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not on_kernel(x) or (x.requires_grad and torch.is_grad_enabled()):
             return dequantized_linear(x, self.dequantized(), self.bias)
-        if x.dtype in (torch.float32, torch.bfloat16) and _native_int8() is not None:
+        if x.dtype in (torch.float32, torch.bfloat16) and native_int8() is not None:
             y = native_int8_linear(_rows(x), self._vnni(), self.out_features)
             if y is not None:
                 return y.view(*x.shape[:-1], self.out_features)
