@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+if "LMFORGE_CACHE" not in os.environ:  # native kernels build into a folder of this run (models/native.py)
+    os.environ["LMFORGE_CACHE"] = tempfile.mkdtemp(prefix="lmforge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LMFORGE_CACHE"], True)
 
 
 @pytest.fixture

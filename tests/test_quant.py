@@ -257,6 +257,24 @@ def test_int8_llama_decodes_each_step_in_one_native_call_as_pytorch_does(lmf_lla
     torch.testing.assert_close(calls[-1][1], reference, atol=1e-4, rtol=1e-4)
 
 
+@needs_vnni
+def test_only_int8_llama_family_models_in_fp32_decode_natively(lmf_llama_dir, lmf_gpt2_dir):
+    """The native step takes what it implements and nothing else: float layers, bf16, a GPT-2 block
+    (LayerNorm, GELU, learned positions) or a hook stay on PyTorch's path."""
+    llama, _ = load_model(lmf_llama_dir)
+    assert cpu.int8_decoder(llama, llama.new_cache(2, 16)) is None  # float layers
+    quant.quantize_model(llama, quant.QuantSpec(bits=8))
+    assert isinstance(cpu.int8_decoder(llama, llama.new_cache(2, 16)), cpu.Int8Decoder)
+    hook = llama.blocks[0].register_forward_hook(lambda *args: None)
+    assert cpu.int8_decoder(llama, llama.new_cache(2, 16)) is None
+    hook.remove()
+    llama.to(torch.bfloat16)
+    assert cpu.int8_decoder(llama, llama.new_cache(2, 16)) is None
+    gpt2, _ = load_model(lmf_gpt2_dir)
+    quant.quantize_model(gpt2, quant.QuantSpec(bits=8))
+    assert cpu.int8_decoder(gpt2, gpt2.new_cache(2, 16)) is None
+
+
 def test_native_kernels_are_built_once_and_cached(tmp_path, monkeypatch):
     """The library lands in $LMFORGE_CACHE under a name hashing source, compiler and CPU; a second
     build reuses it; a compiler that fails gives no library, and lmforge keeps PyTorch's path."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import Block, KVCache, RMSNorm, SwiGLU
-from lmforge.models.quant import Int8Linear, native_int8
+from lmforge.models.quant import NATIVE_MAX_INPUTS, Int8Linear, native_int8
 
 ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
@@ -156,8 +156,8 @@ def _llama_block(block: nn.Module) -> bool:
 
 def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
     """The native decode step for ``model`` and its decode ``cache``, or None: not an int8 Llama-family
-    ``GPT`` in fp32 on a CPU, in training, with hooks, with an fp32 cache of another layout, or no
-    kernel for this CPU."""
+    ``GPT`` in fp32 on a CPU, in training, with hooks, a cache of another dtype or layout, layers wider
+    than the kernel's int32 sums allow, or no kernel for this CPU."""
     if not isinstance(model, GPT) or model.training or native_int8() is None:
         return None
     c = model.config
@@ -170,6 +170,8 @@ def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
         return None
     shape = (c.n_layer, cache.k.size(1), c.n_kv_head, cache.k.size(3), c.head_dim)
     if cache.k.dtype != torch.float32 or tuple(cache.k.shape) != shape or not cache.k.is_contiguous():
+        return None
+    if max(c.d_model, c.n_head * c.head_dim, c.d_ff) > NATIVE_MAX_INPUTS:
         return None
     if not all(_llama_block(block) for block in model.blocks):
         return None
