@@ -258,6 +258,65 @@ def test_int8_llama_decodes_each_step_in_one_native_call_as_pytorch_does(lmf_lla
 
 
 @needs_vnni
+def test_native_int8_layer_keeps_pytorchs_contract():
+    """A wrong input width raises as F.linear does (the kernel would read past the row); layers made
+    and run in inference mode work (their tensors have no version counter); a scale or bias replaced
+    by a new tensor is seen (the kernel's copy is remade)."""
+    layer = Int8Linear.from_linear(nn.Linear(64, 32))
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        layer(torch.randn(1, 100))
+    with torch.inference_mode():
+        made = Int8Linear.from_linear(nn.Linear(64, 32))
+        x = torch.randn(2, 64)
+        torch.testing.assert_close(made(x), x @ made.dequantized().T + made.bias, atol=1e-5, rtol=1e-5)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = layer(x)
+        layer.scale = layer.scale * 2
+        layer.bias = nn.Parameter(layer.bias * 2)
+        torch.testing.assert_close(layer(x), 2 * before, atol=1e-5, rtol=1e-5)
+
+
+def llama_with_biases() -> nn.Module:
+    """A Llama-family GPT whose linear layers have biases (as Qwen's attention does), int8, 3:1 GQA."""
+    from lmforge.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(
+        vocab_size=97, max_seq_len=64, n_layer=2, n_head=6, n_kv_head=2, d_model=48, d_ff=80,
+        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True, init_std=0.3,
+    )  # fmt: skip
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.uniform_(0.5, 1.5) if "norm" in name else p.normal_(0, 0.3)
+    quant.quantize_model(model, quant.QuantSpec(bits=8))
+    return model
+
+
+@needs_vnni
+def test_native_decode_with_biases_and_its_fallback():
+    """Biases on every linear layer: the native step still gives the forward's greedy tokens. A token
+    whose activations cannot be split (an embedding of 1e-30s: its normed rows are ~1e-27) makes the
+    native step decline; the engine then decodes that step with PyTorch, and the tokens stay right."""
+    model = llama_with_biases()
+    greedy = [SamplingParams(max_tokens=n, temperature=0) for n in (9, 6)]
+    prompts = [[5, 17, 42, 9, 70], [11, 12]]
+    served = run(Engine(model, max_batch=2), {0: [(p, g) for p, g in zip(prompts, greedy)]})
+    expected = [uncached_greedy(model, p, g.max_tokens) for p, g in zip(prompts, greedy)]
+    assert [t for t, _, _ in served] == expected
+    decoder = cpu.int8_decoder(model, model.new_cache(1, 16))
+    with torch.no_grad():
+        model.tok_emb.weight[3] = 1e-30 * torch.randn(48)
+    cache = model.new_cache(1, 16)
+    assert decoder([3], [0], cache) is None
+    assert decoder([4], [0], cache) is not None
+    served = run(Engine(model, max_batch=1), {0: [([3, 3, 3], greedy[0])]})
+    assert served[0][0] == uncached_greedy(model, [3, 3, 3], 9)
+
+
+@needs_vnni
 def test_only_int8_llama_family_models_in_fp32_decode_natively(lmf_llama_dir, lmf_gpt2_dir):
     """The native step takes what it implements and nothing else: float layers, bf16, a GPT-2 block
     (LayerNorm, GELU, learned positions) or a hook stay on PyTorch's path."""
@@ -273,6 +332,8 @@ def test_only_int8_llama_family_models_in_fp32_decode_natively(lmf_llama_dir, lm
     gpt2, _ = load_model(lmf_gpt2_dir)
     quant.quantize_model(gpt2, quant.QuantSpec(bits=8))
     assert cpu.int8_decoder(gpt2, gpt2.new_cache(2, 16)) is None
+    twin = cpu.packed_for_decode(gpt2, 8)  # the packed copy shares the int8 layers and their layouts
+    assert twin is not gpt2 and twin.blocks[0].attn.qkv is gpt2.blocks[0].attn.qkv
 
 
 def test_native_kernels_are_built_once_and_cached(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import Block, KVCache, RMSNorm, SwiGLU
-from lmforge.models.quant import NATIVE_MAX_INPUTS, Int8Linear, native_int8
+from lmforge.models.quant import NATIVE_MAX_INPUTS, Int4Linear, Int8Linear, native_int8
 
 ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
@@ -93,6 +93,8 @@ def packed_for_decode(model: nn.Module, batch: int) -> nn.Module:
         return cached[1] or model
     engines = model.__dict__.pop(ENGINES_KEY, None)  # caches that the copy must not duplicate
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    # quantized layers are not packed: the copy uses them as they are, with their kernels' layouts
+    shared |= {id(m): m for m in model.modules() if isinstance(m, Int8Linear | Int4Linear)}
     try:
         twin = copy.deepcopy(model, memo=shared)
     finally:
@@ -137,7 +139,7 @@ class Int8Decoder:
             c.n_layer, len(tokens), c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.d_ff, c.norm_eps,
             self.pointers.data_ptr(), x.data_ptr(), pos.data_ptr(),
             m.rope.cos.data_ptr(), m.rope.sin.data_ptr(),
-            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.size(1), cache.k.size(3),
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.size(1), cache.k.size(3), torch.get_num_threads(),
         )  # fmt: skip
         return None if status else m.lm_head(m.norm_f(x))
 
@@ -163,13 +165,14 @@ def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
     c = model.config
     if c.pos_emb != "rope" or c.norm != "rmsnorm" or c.mlp != "swiglu":
         return None
-    floats = (model.tok_emb.weight, model.rope.cos, model.rope.sin)
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in floats):
+    norms = [w for b in model.blocks for w in (b.attn_norm.weight, b.mlp_norm.weight)]
+    floats = (model.tok_emb.weight, model.rope.cos, model.rope.sin, cache.k, cache.v, *norms)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in floats):
         return None
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return None
     shape = (c.n_layer, cache.k.size(1), c.n_kv_head, cache.k.size(3), c.head_dim)
-    if cache.k.dtype != torch.float32 or tuple(cache.k.shape) != shape or not cache.k.is_contiguous():
+    if cache.k.shape != shape or cache.v.shape != shape or model.rope.cos.shape[0] < cache.k.size(3):
         return None
     if max(c.d_model, c.n_head * c.head_dim, c.d_ff) > NATIVE_MAX_INPUTS:
         return None

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -44,12 +45,13 @@ def _cpu() -> bytes:
     return "\n".join(sorted(set(lines))).encode()
 
 
-def _compiler() -> tuple[str, bytes] | None:
-    cc = shutil.which(os.environ.get("CC") or "cc")
-    if cc is None:
+def _compiler() -> tuple[list[str], bytes] | None:
+    """The compiler command (``$CC`` may carry arguments, e.g. ``ccache gcc``) and its version text."""
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    if not cc or shutil.which(cc[0]) is None:
         return None
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, timeout=30).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return cc, version
@@ -73,11 +75,12 @@ def _build(name: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}-", suffix=".so")
     os.close(fd)
     try:
-        command = [cc, *FLAGS, str(source), "-o", tmp]
+        command = [*cc, *FLAGS, str(source), "-o", tmp]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise OSError(f"{cc} could not build {source.name}: {first}")
+            raise OSError(f"{' '.join(cc)} could not build {source.name}: {first}")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache's other users out
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -223,6 +223,15 @@ def dequantized_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+def stamp(t: Tensor | None) -> tuple | None:
+    """What identifies a tensor's current values for a cache of a layout made from it: its storage and
+    its version counter (which in-place changes bump; inference tensors have none and cannot change
+    outside inference mode)."""
+    if t is None:
+        return None
+    return t.data_ptr(), t.dtype, 0 if t.is_inference() else t._version
+
+
 def _padded(n: int) -> int:
     return -(-n // 16) * 16
 
@@ -245,8 +254,8 @@ def native_int8() -> ctypes.CDLL | None:
     if lib is None:
         return None
     c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
-    lib.lmforge_int8_linear.argtypes = [p, i, c, c, c, p, p, p, p, p, c]
-    lib.lmforge_int8_decode.argtypes = [c, c, c, c, c, c, c, ctypes.c_float, p, p, p, p, p, p, p, c, c]
+    lib.lmforge_int8_linear.argtypes = [p, i, c, c, c, p, p, p, p, p, c, i]
+    lib.lmforge_int8_decode.argtypes = [c, c, c, c, c, c, c, ctypes.c_float, p, p, p, p, p, p, p, c, c, i]
     lib.lmforge_int8_linear.restype = lib.lmforge_int8_decode.restype = i
     return lib
 
@@ -262,7 +271,7 @@ def native_int8_linear(x: Tensor, packed: tuple[Tensor, ...], out_features: int)
     status = native_int8().lmforge_int8_linear(
         x.data_ptr(), x.dtype == torch.bfloat16, x.size(0), x.size(1), w.size(1) * 4, w.data_ptr(),
         offset.data_ptr(), scale.data_ptr(), bias.data_ptr() if bias is not None else None,
-        y.data_ptr(), out_features,
+        y.data_ptr(), out_features, torch.get_num_threads(),
     )  # fmt: skip
     return y if status == 0 else None
 
@@ -295,8 +304,7 @@ class Int8Linear(nn.Module):
         """The weights in the VNNI kernel's layout, scales and bias as fp32 padded like them (made on
         first use, again when the weights change)."""
         bias = self.bias
-        key = (self.qweight.data_ptr(), self.qweight._version, self.scale._version)
-        key += (None if bias is None else bias._version,)
+        key = (stamp(self.qweight), stamp(self.scale), stamp(bias))
         if self._kernel is None or self._kernel[0] != key:
             w, offset = pack_vnni(self.qweight)
             pad = lambda v: F.pad(v.detach().float(), (0, offset.numel() - v.numel()))  # noqa: E731
@@ -306,7 +314,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not on_kernel(x) or (x.requires_grad and torch.is_grad_enabled()):
             return dequantized_linear(x, self.dequantized(), self.bias)
-        if x.dtype in (torch.float32, torch.bfloat16) and native_int8() is not None:
+        native = x.dtype in (torch.float32, torch.bfloat16) and self.qweight.device.type == "cpu"
+        if native and x.size(-1) == self.in_features and native_int8() is not None:
             y = native_int8_linear(_rows(x), self._vnni(), self.out_features)
             if y is not None:
                 return y.view(*x.shape[:-1], self.out_features)
@@ -366,7 +375,7 @@ class Int4Linear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _packed(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        key = (dtype, self.qweight.data_ptr(), self.qweight._version, self.scale._version, self.zero._version)
+        key = (dtype, stamp(self.qweight), stamp(self.scale), stamp(self.zero))
         if self._kernel is None or self._kernel[0] != key:
             q = unpack_nibbles(self.qweight).to(torch.int32)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)

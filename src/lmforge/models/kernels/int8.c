@@ -45,7 +45,8 @@ static inline __m256i to_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 }
 
-/* row m of x as LEVELS byte rows u + 128 (kp bytes each) and their scales; 0 when max|x| is not finite */
+/* row m of x as LEVELS byte rows u + 128 (kp bytes each) and their scales; 0 when max|x| is not finite,
+ * or so small (below 1e-25) that the last level's 1 / a would overflow */
 static int split_row(const void* x, int bf16, long k, long kp, float* r, uint8_t* u, float* scales) {
   for (long i = 0; i < k; i++)
     r[i] = bf16 ? bf16_to_float(((const uint16_t*)x)[i]) : ((const float*)x)[i];
@@ -53,7 +54,7 @@ static int split_row(const void* x, int bf16, long k, long kp, float* r, uint8_t
   __m512 top = _mm512_setzero_ps();
   for (long i = 0; i < kp; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(r + i)));
   float mx = _mm512_reduce_max_ps(top);
-  if (!isfinite(mx)) return 0;
+  if (!isfinite(mx) || (mx > 0.f && mx < 1e-25f)) return 0; /* below: 1 / a of the last level overflows */
   float a = mx > 0.f ? mx / 127.f : 1.f;
   for (int l = 0; l < LEVELS; l++, a /= 254.f) {
     __m512 av = _mm512_set1_ps(a), inv = _mm512_set1_ps(1.f / a);
@@ -74,9 +75,9 @@ static int split_row(const void* x, int bf16, long k, long kp, float* r, uint8_t
 
 /* y (m, n) = x ŵ^T + b for x (m, k) already split (u, a), weights as laid out above */
 static void product(const uint8_t* u, const float* a, long m, long kp, const int8_t* w, const int32_t* offset,
-                    const float* scale, const float* bias, void* y, int y_bf16, long n) {
+                    const float* scale, const float* bias, void* y, int y_bf16, long n, int threads) {
   long blocks = (n + 15) / 16;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (long b = 0; b < blocks; b++) {
     const int8_t* wb = w + b * kp * 16;
     __m512i off = _mm512_loadu_si512(offset + b * 16);
@@ -113,7 +114,7 @@ static void product(const uint8_t* u, const float* a, long m, long kp, const int
 
 /* y = x ŵ^T + b for x (m, k) fp32 or bf16 (x_bf16), y in x's dtype; 0, or -1 when x is not finite */
 static int linear(const void* x, int x_bf16, long m, long k, long kp, const int8_t* w, const int32_t* offset,
-                  const float* scale, const float* bias, void* y, long n) {
+                  const float* scale, const float* bias, void* y, long n, int threads) {
   long elem = x_bf16 ? 2 : 4;
   uint8_t* u = malloc((size_t)(m * LEVELS * kp));
   float* a = malloc(sizeof(float) * (size_t)(m * LEVELS));
@@ -121,7 +122,7 @@ static int linear(const void* x, int x_bf16, long m, long k, long kp, const int8
   int ok = u && a && r;
   for (long i = 0; ok && i < m; i++)
     ok = split_row((const char*)x + i * k * elem, x_bf16, k, kp, r, u + i * LEVELS * kp, a + i * LEVELS);
-  if (ok) product(u, a, m, kp, w, offset, scale, bias, y, x_bf16, n);
+  if (ok) product(u, a, m, kp, w, offset, scale, bias, y, x_bf16, n, threads);
   free(r);
   free(u);
   free(a);
@@ -129,11 +130,13 @@ static int linear(const void* x, int x_bf16, long m, long k, long kp, const int8
 }
 
 /* x (m, k) fp32 or bf16 (x_bf16), w packed (see above, kp = k rounded up to 16), offset = 128 sum_k q_nk,
- * scale and bias (may be NULL) fp32, all three padded to n rounded up to 16; y (m, n) in x's dtype.
- * Returns 0, or -1 when some row of x is not finite (the caller takes another path). */
+ * scale and bias (may be NULL) fp32, all three padded to n rounded up to 16; y (m, n) in x's dtype; on
+ * `threads` threads (the caller passes PyTorch's setting: OpenMP's own differs in a thread that has not
+ * run a parallel PyTorch operation yet).
+ * Returns 0, or -1 when some row of x is not finite or too small to split (the caller takes another path). */
 int lmforge_int8_linear(const void* x, int x_bf16, long m, long k, long kp, const int8_t* w, const int32_t* offset,
-                        const float* scale, const float* bias, void* y, long n) {
-  return linear(x, x_bf16, m, k, kp, w, offset, scale, bias, y, n);
+                        const float* scale, const float* bias, void* y, long n, int threads) {
+  return linear(x, x_bf16, m, k, kp, w, offset, scale, bias, y, n, threads);
 }
 
 /* Per layer: attention norm weight, then qkv and proj (4 pointers each: packed weights, offsets,
@@ -143,9 +146,9 @@ int lmforge_int8_linear(const void* x, int x_bf16, long m, long k, long kp, cons
 
 static inline long pad16(long n) { return (n + 15) / 16 * 16; }
 
-static int layer_linear(const float* x, long m, long k, const int64_t* p, float* y, long n) {
+static int layer_linear(const float* x, long m, long k, const int64_t* p, float* y, long n, int threads) {
   return linear(x, 0, m, k, pad16(k), (const int8_t*)p[0], (const int32_t*)p[1], (const float*)p[2],
-                (const float*)p[3], y, n);
+                (const float*)p[3], y, n, threads);
 }
 
 /* y = x / sqrt(mean(x^2) + eps) * g, row by row (as lmforge.models.layers.RMSNorm: (x * r) * g) */
@@ -185,11 +188,11 @@ static void rotate(float* x, const float* cos, const float* sin, long d) {
  *   x += W_down (SiLU(W_gate h) ⊙ W_up h)                   with h = RMSNorm(x)
  * x (m, d_model) fp32 is updated in place; each row's k and v go into k_cache, v_cache
  * (n_layer, slots, n_kv_head, max_len, head_dim) fp32 at row i, position positions[i]; cos and sin are
- * the RoPE tables (positions, head_dim). Returns 0, or -1 when an activation is not finite (the
- * caller runs the step again its own way: everything written here it writes the same). */
+ * the RoPE tables (positions, head_dim); on `threads` threads. Returns 0, or -1 when an activation
+ * cannot be split (the caller runs the step again its own way: everything written here it writes the same). */
 int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_kv_head, long head_dim, long d_ff,
                         float eps, const int64_t* layers, float* x, const int64_t* positions, const float* cos,
-                        const float* sin, float* k_cache, float* v_cache, long slots, long max_len) {
+                        const float* sin, float* k_cache, float* v_cache, long slots, long max_len, int threads) {
   long hd = n_head * head_dim, kvd = n_kv_head * head_dim, qkv_n = hd + 2 * kvd, rep = n_head / n_kv_head;
   long max_pos = 0;
   for (long i = 0; i < m; i++) max_pos = positions[i] > max_pos ? positions[i] : max_pos;
@@ -206,7 +209,7 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
   for (long l = 0; status == 0 && l < n_layer; l++) {
     const int64_t* p = layers + l * LAYER_POINTERS;
     rms_norm(x, (const float*)p[0], eps, m, d_model, h);
-    if ((status = layer_linear(h, m, d_model, p + 1, qkv, qkv_n))) break;
+    if ((status = layer_linear(h, m, d_model, p + 1, qkv, qkv_n, threads))) break;
     for (long i = 0; i < m; i++) { /* rotate q and k, write k and v at the row's position */
       float* qi = qkv + i * qkv_n;
       long pos = positions[i];
@@ -218,7 +221,7 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
         memcpy(v_cache + at, qi + hd + kvd + g * head_dim, sizeof(float) * (size_t)head_dim);
       }
     }
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (long i = 0; i < m; i++) {
       for (long j = 0; j < n_head; j++) { /* softmax(q k^T / sqrt(D)) v over positions 0..pos */
         long pos = positions[i];
@@ -241,16 +244,16 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
         }
       }
     }
-    if ((status = layer_linear(att, m, hd, p + 5, out, d_model))) break;
+    if ((status = layer_linear(att, m, hd, p + 5, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
     rms_norm(x, (const float*)p[9], eps, m, d_model, h);
-    if ((status = layer_linear(h, m, d_model, p + 10, gu, 2 * d_ff))) break;
+    if ((status = layer_linear(h, m, d_model, p + 10, gu, 2 * d_ff, threads))) break;
     for (long i = 0; i < m; i++)
       for (long j = 0; j < d_ff; j++) {
         float g = gu[i * 2 * d_ff + j], u = gu[i * 2 * d_ff + d_ff + j];
         act[i * d_ff + j] = g / (1.f + expf(-g)) * u;
       }
-    if ((status = layer_linear(act, m, d_ff, p + 14, out, d_model))) break;
+    if ((status = layer_linear(act, m, d_ff, p + 14, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
   }
   free(h);
