@@ -7,6 +7,10 @@ from transformers import BartConfig, BartForConditionalGeneration, MarianConfig,
 
 from lmforge.cli import main
 from lmforge.hf.convert import from_hf
+from lmforge.infer import cpu
+from lmforge.infer import seq2seq as s2s
+from lmforge.infer.sampling import GenerationConfig
+from lmforge.infer.seq2seq import generate_ids
 from lmforge.models.io import load_model, save_model
 from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
@@ -144,3 +148,68 @@ def test_export_says_why_no_family_fits(tmp_path, capsys):
     assert main(["convert", "--to-hf", str(tmp_path / "m"), str(tmp_path / "out")]) != 0
     assert "marian: norm_position='pre' (needs 'post')" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _random_flavour(eos_bias: float, **kw) -> Seq2Seq:
+    """A tiny encoder-decoder with every weight random (biases and LayerNorms too) and a logits bias
+    on eos (2) that (where it is large enough) makes sources finish at different steps."""
+    model = _model(logits_bias=True, **kw)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if "norm" in name else 0.4) + (1.0 if "norm" in name else 0.0))
+        model.logits_bias.normal_(0, 1)
+        model.logits_bias[0, 2] = eos_bias
+    return model
+
+
+# flavour: (settings, eos bias; 0: no source ends early in this one)
+FLAVOURS = {
+    "post-norm silu (Marian)": (dict(activation="silu"), 6.0),
+    "pre-norm gelu, learned positions, embedding norm (BART-like)": (
+        dict(norm_position="pre", activation="gelu", pos_emb="learned", pos_offset=2, emb_norm=True),
+        6.0,
+    ),
+    "post-norm relu, unscaled embeddings": (dict(activation="relu", emb_scale=False, d_ff=48), 0.0),
+    "pre-norm gelu_tanh, separate embeddings": (
+        dict(norm_position="pre", activation="gelu_tanh", share_embeddings=False, tie_embeddings=False),
+        6.0,
+    ),
+}
+
+
+@pytest.mark.skipif(cpu._seq2seq_library() is None, reason="no AVX512 seq2seq kernel on this machine")
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
+    """Beam search and greedy decoding with the decoder step in C (``infer/cpu.py: Seq2SeqDecoder``)
+    give the tokens of PyTorch's step, for sources of different lengths (padding) that finish at
+    different steps (rows and memory rows leave); one step's logits agree to 1e-5 (an exp off by 1e-4 in
+    the SiLU fails it)."""
+    settings, eos_bias = FLAVOURS[flavour]
+    model = _random_flavour(eos_bias, **settings)
+    g = torch.Generator().manual_seed(4)
+    sources = [[*torch.randint(3, 59, (n,), generator=g).tolist(), 2] for n in (9, 4, 12, 6)]
+    beam = GenerationConfig(max_new_tokens=12, num_beams=3, temperature=0.0, early_stopping=True)
+    greedy = GenerationConfig(max_new_tokens=12, temperature=0.0)
+    calls = []
+    step = cpu.Seq2SeqDecoder.__call__
+    monkeypatch.setattr(cpu.Seq2SeqDecoder, "__call__", lambda *a: calls.append(a[1].size(0)) or step(*a))
+    native = [generate_ids(model, sources, c, 2) for c in (beam, greedy)]
+    assert calls  # the C step ran
+    if eos_bias:  # sources finished at different steps: rows and memory rows left on the way
+        assert len({len(t) for t in native[0]}) > 1 and len(set(calls)) > 1
+    monkeypatch.setattr(s2s, "seq2seq_decoder", lambda *a: None)
+    assert [generate_ids(model, sources, c, 2) for c in (beam, greedy)] == native
+    monkeypatch.undo()
+    stepper = s2s.Seq2SeqStepper(model, sources, 12)
+    with torch.no_grad():
+        stepper.start(3)
+        tokens = torch.randint(3, 59, (12, 1), generator=g)
+        cache = stepper.cache
+        saved = cache.k.clone(), cache.v.clone(), cache.length
+        ours = stepper._logits(tokens)
+        cache.k, cache.v, cache.length = saved
+        states = model.decode(tokens, stepper.memory, stepper.valid, cache=cache, head=False)
+        theirs = model.logits(states)[:, -1]
+    assert stepper.native is not None
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-6)  # measured: up to 4e-6 of logits ~9

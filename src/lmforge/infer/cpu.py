@@ -12,22 +12,28 @@ their version counters tell; PyTorch's fused AdamW updates weights without bumpi
 is still training must not be packed (``Seq2SeqStepper(pack=False)``).
 
 An int8 Llama-family model in fp32 decodes each step in one call of lmforge's C kernel
-(``Int8Decoder``): between its int8 matmuls a layer runs some forty small PyTorch operations (norms,
-rotations, attention, residuals), and at one row each costs more in dispatch than in arithmetic. On a
-135M model that overhead was about half of every step.
+(``Int8Decoder``), and so does an encoder-decoder's decoder in fp32 at a few rows (``Seq2SeqDecoder``:
+beam search and greedy translation): between its matmuls a layer runs some forty small PyTorch
+operations (norms, rotations, attention, residuals), and at a few rows each costs more in dispatch than
+in arithmetic. On a 135M int8 model that overhead was about half of every step.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.models import native
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import Block, KVCache, RMSNorm, SwiGLU
 from lmforge.models.quant import NATIVE_MAX_INPUTS, Int4Linear, Int8Linear, native_int8
+from lmforge.models.seq2seq import MemoryKV, Seq2Seq
 
 ENGINES_KEY = "_decode_engines"  # where infer.engine caches a model's fixed-shape decode steps
 
@@ -179,3 +185,121 @@ def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
     if not all(_llama_block(block) for block in model.blocks):
         return None
     return Int8Decoder(model)
+
+
+# Up to this many rows a seq2seq decode step runs in C (``Seq2SeqDecoder``); measured on the 2-core
+# Xeon, the C step wins from 5 to 160 rows (a beam of 5 over 32 sources) at d_model 256 and 512; beyond
+# what was measured, MKL's GEMM may win.
+SEQ2SEQ_NATIVE_ROWS = 256
+Bound = tuple[list[Tensor], Tensor]  # Seq2SeqDecoder.bind: the memory's K, V contiguous; the step's pointers
+# the kernel's activation codes (kernels/seq2seq.c)
+_ACTIVATION_CODES = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
+
+
+@functools.cache
+def _seq2seq_library() -> ctypes.CDLL | None:
+    lib = native.library("seq2seq")
+    if lib is not None:
+        c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+        f = ctypes.c_float
+        lib.lmforge_seq2seq_decode.argtypes = [c, c, c, c, c, f, i, i, p, p, c, p, p, c, c, c, c, p, i]
+        lib.lmforge_seq2seq_decode.restype = i
+    return lib
+
+
+def pack_fp32(weight: Tensor) -> Tensor:
+    """W (N, K) as the seq2seq kernel reads it: blocks of 16 outputs, w[n/16][k][16], N padded by zeros."""
+    n, k = weight.shape
+    padded = torch.zeros(-(-n // 16) * 16, k)
+    padded[:n] = weight.detach().float()
+    return padded.view(-1, 16, k).transpose(1, 2).contiguous()
+
+
+def _pad16(v: Tensor) -> Tensor:
+    return F.pad(v.detach().float(), (0, -v.numel() % 16))
+
+
+class Seq2SeqDecoder:
+    """A decode step of a ``Seq2Seq``'s decoder (fp32, CPU) for rows that all add one token at the same
+    position (beam search, greedy): every block in one call of ``lmforge_seq2seq_decode``
+    (``models/kernels/seq2seq.c``), the embedding, final norm and head in PyTorch. ``seq2seq_decoder``
+    makes one per model (cached while its weights do not change)."""
+
+    def __init__(self, model: Seq2Seq):
+        self.model, self.lib = model, _seq2seq_library()
+        c = model.config
+        self.activation = _ACTIVATION_CODES[c.activation]
+        self.keep: list[Tensor] = []
+        self.layers: list[list[int]] = []
+        for block in model.decoder:
+            pointers = []
+            for layer in (block.attn.qkv, block.attn.proj, block.cross_attn.q, block.cross_attn.proj):
+                pointers += self._held(pack_fp32(layer.weight), _pad16(layer.bias))
+            pointers += self._held(pack_fp32(block.mlp.fc.weight), _pad16(block.mlp.fc.bias))
+            pointers += self._held(pack_fp32(block.mlp.proj.weight), _pad16(block.mlp.proj.bias))
+            for norm in (block.attn_norm, block.cross_norm, block.mlp_norm):
+                pointers += self._held(norm.weight.detach().contiguous(), norm.bias.detach().contiguous())
+            self.layers.append(pointers)
+
+    def _held(self, *tensors: Tensor) -> list[int]:
+        self.keep += tensors
+        return [t.data_ptr() for t in tensors]
+
+    def bind(self, memory: MemoryKV) -> Bound:
+        """What a step reads of the encoder's memory: each layer's keys and values contiguous, and every
+        pointer of the step (the caller keeps it while the memory stays the same)."""
+        kv = [t.contiguous() for pair in memory for t in pair]
+        pairs = zip(self.layers, kv[::2], kv[1::2])
+        pointers = [p for layer, k, v in pairs for p in [*layer, k.data_ptr(), v.data_ptr()]]
+        return kv, torch.tensor(pointers, dtype=torch.int64)
+
+    def __call__(
+        self, tokens: Tensor, bound: Bound, valid: Tensor | None, cache: KVCache, beams: int
+    ) -> Tensor | None:
+        """The decoder's last states (rows, d_model) after feeding cache row i ``tokens[i]`` (rows, 1) at
+        the cache's length, rows in blocks of ``beams`` per memory row (``bound``: ``bind`` of the
+        memory); None when an activation is not finite (the cache is as it was: the caller decodes its
+        own way)."""
+        m, c = self.model, self.model.config
+        kv, pointers = bound
+        pos = cache.reserve(1)
+        x = m.dec_emb(tokens, torch.full_like(tokens, pos))[:, 0].contiguous()
+        src = None if valid is None else valid.contiguous()
+        status = self.lib.lmforge_seq2seq_decode(
+            c.n_dec_layer, x.size(0), c.d_model, c.n_head, c.d_ff, c.norm_eps, c.norm_position == "pre",
+            self.activation, pointers.data_ptr(), x.data_ptr(), pos,
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.size(1), cache.k.size(3), beams, kv[0].size(2),
+            None if src is None else src.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status:
+            cache.length = pos
+            return None
+        return x if m.dec_norm is None else m.dec_norm(x)
+
+
+_SEQ2SEQ: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Seq2SeqDecoder]] = weakref.WeakKeyDictionary()
+
+
+def seq2seq_decoder(model: nn.Module, cache: KVCache) -> Seq2SeqDecoder | None:
+    """The native decode step for an encoder-decoder and its self-attention ``cache``, or None: not a
+    ``Seq2Seq`` in fp32 on a CPU, in training, with hooks, a cache of another layout, or no kernel for
+    this CPU."""
+    if not isinstance(model, Seq2Seq) or model.training or _seq2seq_library() is None:
+        return None
+    c = model.config
+    if c.activation not in _ACTIVATION_CODES:
+        return None
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        return None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None
+    shape = (c.n_dec_layer, cache.k.size(1), c.n_head, cache.k.size(3), c.head_dim)
+    if cache.k.shape != shape or cache.v.shape != shape or cache.k.dtype != torch.float32:
+        return None
+    if not (cache.k.is_contiguous() and cache.v.is_contiguous()):
+        return None
+    version = _weights_version(model)
+    cached = _SEQ2SEQ.get(model)
+    if cached is None or cached[0] != version:
+        cached = _SEQ2SEQ[model] = (version, Seq2SeqDecoder(model))
+    return cached[1]

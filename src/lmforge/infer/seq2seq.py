@@ -15,7 +15,13 @@ from torch import Tensor
 
 from lmforge.errors import LmforgeError
 from lmforge.infer.beam import BeamRows, beam_search
-from lmforge.infer.cpu import packed_for_decode, packing_rows
+from lmforge.infer.cpu import (
+    SEQ2SEQ_NATIVE_ROWS,
+    Seq2SeqDecoder,
+    packed_for_decode,
+    packing_rows,
+    seq2seq_decoder,
+)
 from lmforge.infer.sampling import GenerationConfig, SamplingParams, sample_rows
 from lmforge.models.seq2seq import Seq2Seq
 from lmforge.models.task import pad
@@ -32,8 +38,10 @@ class Seq2SeqStepper:
     their version counters (the cached copy would go stale)."""
 
     def __init__(self, model: Seq2Seq, sources: list[list[int]], max_new_tokens: int, pack: bool = True):
-        self.model, self.max_new_tokens = model, max_new_tokens
+        self.model, self.max_new_tokens, self.pack = model, max_new_tokens, pack
         self.pack_from = packing_rows(model) if pack else None
+        self.native: Seq2SeqDecoder | None = None  # the decode step in C (infer/cpu.py)
+        self.bound: tuple | None = None  # the memory as the C step reads it (remade when it changes)
         self.packed: Seq2Seq | None = None
         device = model.lm_head.weight.device
         ids, valid = (t.to(device) for t in pad(sources, 0))
@@ -58,6 +66,7 @@ class Seq2SeqStepper:
         sources = self.group[:: self.beams].contiguous()
         keep = torch.searchsorted(self.sources, sources)  # both ascending: rows keep source order
         self.memory = [(k[keep], v[keep]) for k, v in self.memory]
+        self.bound = None
         self.valid = None if self.valid is None else self.valid[keep]
         self.sources = sources
 
@@ -66,6 +75,7 @@ class Seq2SeqStepper:
         self.group, self.beams = self.group.repeat_interleave(beams), beams
         self.rows = BeamRows(n * beams, self.group.device)
         self.cache = self.model.new_cache(n * beams, self.max_new_tokens + 1)
+        self.native = seq2seq_decoder(self.model, self.cache) if self.pack else None
         start = torch.full((n * beams, 1), self.model.config.decoder_start_id, device=self.group.device)
         return self._logits(start)
 
@@ -79,7 +89,12 @@ class Seq2SeqStepper:
         """Next-token logits of each beam, its cache row fed ``tokens[row]`` (rows, 1); the rows' last
         states are put in beam order before the head (cheaper than its logits)."""
         decoder = self._for_rows(len(tokens))
-        states = decoder.decode(tokens, self.memory, self.valid, cache=self.cache, head=False)[:, -1]
+        states = None
+        if self.native is not None and len(tokens) <= SEQ2SEQ_NATIVE_ROWS:
+            self.bound = self.bound or self.native.bind(self.memory)
+            states = self.native(tokens, self.bound, self.valid, self.cache, self.beams)
+        if states is None:
+            states = decoder.decode(tokens, self.memory, self.valid, cache=self.cache, head=False)[:, -1]
         return decoder.logits(self.rows.from_rows(states)).float()
 
 

@@ -1,0 +1,241 @@
+/* One decode step of an encoder-decoder's decoder (lmforge.models.seq2seq.Seq2Seq) in fp32, for the few
+ * rows of a beam search or greedy decoding: every block's self-attention on the KV cache, cross-attention
+ * to the encoder's memory, feed-forward, LayerNorms and residuals, in one call.
+ *
+ * Why: at a few rows a decoder block's matmuls are small (a 256-wide model's take microseconds) and the
+ * step is the dispatch of some forty PyTorch operations a block; here each linear layer streams its
+ * weights once (laid out in blocks of 16 outputs, lmforge/infer/cpu.py: Seq2SeqDecoder) for all rows.
+ * Compiled for this CPU at first use (lmforge/models/native.py); refuses to build without AVX512F.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(__AVX512F__)
+#error "this kernel needs AVX512F"
+#endif
+
+#define ROWS 6 /* rows of x per tile: 6 rows x 2 blocks of 16 outputs = 12 accumulators in registers */
+
+/* one tile: rows i..i+r-1 (r <= ROWS) times `nblk` (1 or 2) blocks of 16 outputs starting at block blk */
+static inline void tile(const float* x, long i, long r, long k, const float* w, const float* b, float* y, long n,
+                        long blk, int nblk) {
+  const float* xr[ROWS];
+  for (int q = 0; q < ROWS; q++) xr[q] = x + (i + (q < r ? q : 0)) * k;
+  __m512 acc[ROWS][2];
+  for (int q = 0; q < ROWS; q++) acc[q][0] = acc[q][1] = _mm512_setzero_ps();
+  const float *w0 = w + blk * k * 16, *w1 = w0 + (nblk > 1) * k * 16;
+  for (long j = 0; j < k; j++) {
+    __m512 v0 = _mm512_loadu_ps(w0 + j * 16), v1 = _mm512_loadu_ps(w1 + j * 16);
+#pragma GCC unroll 6
+    for (int q = 0; q < ROWS; q++) {
+      __m512 xb = _mm512_set1_ps(xr[q][j]);
+      acc[q][0] = _mm512_fmadd_ps(xb, v0, acc[q][0]);
+      acc[q][1] = _mm512_fmadd_ps(xb, v1, acc[q][1]);
+    }
+  }
+  for (int c = 0; c < nblk; c++) {
+    long at = (blk + c) * 16, valid = n - at < 16 ? n - at : 16;
+    __mmask16 mask = (__mmask16)((1u << valid) - 1);
+    __m512 bv = b ? _mm512_loadu_ps(b + at) : _mm512_setzero_ps();
+    for (int q = 0; q < r; q++) _mm512_mask_storeu_ps(y + (i + q) * n + at, mask, _mm512_add_ps(acc[q][c], bv));
+  }
+}
+
+/* y (m, n) = x (m, k) W^T + b, W laid out as w[n/16][k][16] (n padded to 16 by zero rows), b padded too
+ * (or NULL); in tiles of 6 rows x 32 outputs, each weight vector read once per 6 rows */
+static void linear(const float* x, long m, long k, const float* w, const float* b, float* y, long n, int threads) {
+  long blocks = (n + 15) / 16, pairs = (blocks + 1) / 2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long pr = 0; pr < pairs; pr++) {
+    int nblk = 2 * pr + 1 < blocks ? 2 : 1;
+    for (long i = 0; i < m; i += ROWS) tile(x, i, m - i < ROWS ? m - i : ROWS, k, w, b, y, n, 2 * pr, nblk);
+  }
+}
+
+static inline __mmask16 tail(long n, long j) { return (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1); }
+
+/* y = (x - mean) / sqrt(var + eps) * g + b, row by row (two passes, 16 partial sums per pass) */
+static void layer_norm(float* x, const float* g, const float* b, float eps, long m, long d, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long i = 0; i < m; i++) {
+    float* xi = x + i * d;
+    __m512 acc = _mm512_setzero_ps();
+    for (long j = 0; j < d; j += 16) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tail(d, j), xi + j));
+    __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / (float)d);
+    acc = _mm512_setzero_ps();
+    for (long j = 0; j < d; j += 16) {
+      __mmask16 k = tail(d, j);
+      __m512 dev = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, xi + j), mean);
+      acc = _mm512_fmadd_ps(dev, dev, acc);
+    }
+    __m512 r = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(acc) / (float)d + eps));
+    for (long j = 0; j < d; j += 16) {
+      __mmask16 k = tail(d, j);
+      __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xi + j), mean), r);
+      v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, g + j), _mm512_maskz_loadu_ps(k, b + j));
+      _mm512_mask_storeu_ps(xi + j, k, v);
+    }
+  }
+}
+
+/* e^x, 16 at a time: x = n ln2 + r (|r| <= ln2 / 2), e^r by its Taylor series to r^6 (relative error
+ * below 2e-7, about an ulp), times 2^n */
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln 2, split in two */
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+enum { RELU = 0, GELU = 1, GELU_TANH = 2, SILU = 3 };
+
+/* the activation of m rows of n values */
+static void activate(float* x, long m, long n, int kind, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long i = 0; i < m; i++) {
+    float* xi = x + i * n;
+    if (kind == RELU || kind == SILU) {
+      for (long j = 0; j < n; j += 16) {
+        __mmask16 k = tail(n, j);
+        __m512 v = _mm512_maskz_loadu_ps(k, xi + j);
+        if (kind == RELU)
+          v = _mm512_max_ps(v, _mm512_setzero_ps());
+        else /* x / (1 + e^-x) */
+          v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        _mm512_mask_storeu_ps(xi + j, k, v);
+      }
+    } else {
+      for (long j = 0; j < n; j++) {
+        float v = xi[j];
+        xi[j] = kind == GELU ? 0.5f * v * (1.f + erff(v * 0.70710678118654752f))
+                             : 0.5f * v * (1.f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+      }
+    }
+  }
+}
+
+static inline float dot(const float* a, const float* b, long n) {
+  __m512 acc = _mm512_setzero_ps();
+  long e = 0;
+  for (; e + 16 <= n; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + e), _mm512_loadu_ps(b + e), acc);
+  float sum = _mm512_reduce_add_ps(acc);
+  for (; e < n; e++) sum += a[e] * b[e];
+  return sum;
+}
+
+/* o (D) = softmax(q k^T / sqrt(D)) v over the keys t < len whose valid[t] (NULL: all), keys and values
+ * (len, D) with row stride D; s: len floats of scratch. A query with no valid key sees them all (as
+ * lmforge.models.layers.attention_mask). */
+static void attend(const float* q, const float* keys, const float* values, const uint8_t* valid, long len, long d,
+                   float scale, float* s, float* o) {
+  int any = 0;
+  for (long t = 0; t < len && !any; t++) any = !valid || valid[t];
+  float top = -INFINITY;
+  for (long t = 0; t < len; t++) {
+    s[t] = (any && valid && !valid[t]) ? -INFINITY : dot(q, keys + t * d, d) * scale;
+    top = s[t] > top ? s[t] : top;
+  }
+  float total = 0;
+  for (long t = 0; t < len; t++) total += (s[t] = s[t] == -INFINITY ? 0.f : expf(s[t] - top));
+  for (long e = 0; e < d; e++) o[e] = 0;
+  for (long t = 0; t < len; t++) {
+    if (s[t] == 0.f) continue;
+    float w = s[t] / total;
+    for (long e = 0; e < d; e++) o[e] += w * values[t * d + e];
+  }
+}
+
+/* Per layer: self qkv (W, b), self proj (W, b), cross q (W, b), cross proj (W, b), fc (W, b), fc2 (W, b),
+ * then the LayerNorms' (g, b) of self-attention, cross-attention and feed-forward, then the memory's
+ * keys and values (sources, H, S, D) */
+#define LAYER_POINTERS 20
+
+/* x (m, d) fp32, updated in place: every decoder block for m rows at position `pos` (all rows alike:
+ * beam search and greedy decoding advance together). Row i's key and value go into k_cache, v_cache
+ * (n_layer, rows, H, max_len, D) at row i, position pos; it attends to positions 0..pos of its own row,
+ * then to the memory of source i / beams (S positions; src_valid (sources, S) bytes, or NULL).
+ * pre_norm: x += f(Norm(x)); else x = Norm(x + f(x)). */
+int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff, float eps, int pre_norm,
+                           int activation, const int64_t* layers, float* x, long pos, float* k_cache,
+                           float* v_cache, long rows, long max_len, long beams, long src_len,
+                           const uint8_t* src_valid, int threads) {
+  long hd = d / n_head, width = m * d;
+  float* h = malloc(sizeof(float) * (size_t)width);
+  float* qkv = malloc(sizeof(float) * (size_t)(m * 3 * d));
+  float* att = malloc(sizeof(float) * (size_t)width);
+  float* out = malloc(sizeof(float) * (size_t)width);
+  float* ff = malloc(sizeof(float) * (size_t)(m * d_ff));
+  long span = (pos + 1 > src_len ? pos + 1 : src_len);
+  float* scores = malloc(sizeof(float) * (size_t)(m * n_head * span));
+  int status = (h && qkv && att && out && ff && scores) ? 0 : -1;
+  float scale = 1.f / sqrtf((float)hd);
+  long layer_stride = rows * n_head * max_len * hd, row_stride = n_head * max_len * hd;
+  for (long l = 0; status == 0 && l < n_layer; l++) {
+    const int64_t* p = layers + l * LAYER_POINTERS;
+#define P(i) ((const float*)p[i])
+    /* self-attention */
+    memcpy(h, x, sizeof(float) * (size_t)width);
+    if (pre_norm) layer_norm(h, P(12), P(13), eps, m, d, threads);
+    linear(h, m, d, P(0), P(1), qkv, 3 * d, threads);
+    for (long i = 0; i < m; i++)
+      for (long j = 0; j < n_head; j++) {
+        long at = l * layer_stride + i * row_stride + j * max_len * hd + pos * hd;
+        memcpy(k_cache + at, qkv + i * 3 * d + d + j * hd, sizeof(float) * (size_t)hd);
+        memcpy(v_cache + at, qkv + i * 3 * d + 2 * d + j * hd, sizeof(float) * (size_t)hd);
+      }
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (long i = 0; i < m; i++)
+      for (long j = 0; j < n_head; j++) {
+        long at = l * layer_stride + i * row_stride + j * max_len * hd;
+        attend(qkv + i * 3 * d + j * hd, k_cache + at, v_cache + at, NULL, pos + 1, hd, scale,
+               scores + (i * n_head + j) * span, att + i * d + j * hd);
+      }
+    linear(att, m, d, P(2), P(3), out, d, threads);
+    for (long i = 0; i < width; i++) x[i] += out[i];
+    if (!pre_norm) layer_norm(x, P(12), P(13), eps, m, d, threads);
+    /* cross-attention */
+    memcpy(h, x, sizeof(float) * (size_t)width);
+    if (pre_norm) layer_norm(h, P(14), P(15), eps, m, d, threads);
+    linear(h, m, d, P(4), P(5), qkv, d, threads);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (long i = 0; i < m; i++)
+      for (long j = 0; j < n_head; j++) {
+        long src = i / beams, at = (src * n_head + j) * src_len * hd;
+        attend(qkv + i * d + j * hd, P(18) + at, P(19) + at, src_valid ? src_valid + src * src_len : NULL, src_len,
+               hd, scale, scores + (i * n_head + j) * span, att + i * d + j * hd);
+      }
+    linear(att, m, d, P(6), P(7), out, d, threads);
+    for (long i = 0; i < width; i++) x[i] += out[i];
+    if (!pre_norm) layer_norm(x, P(14), P(15), eps, m, d, threads);
+    /* feed-forward */
+    memcpy(h, x, sizeof(float) * (size_t)width);
+    if (pre_norm) layer_norm(h, P(16), P(17), eps, m, d, threads);
+    linear(h, m, d, P(8), P(9), ff, d_ff, threads);
+    activate(ff, m, d_ff, activation, threads);
+    linear(ff, m, d_ff, P(10), P(11), out, d, threads);
+    for (long i = 0; i < width; i++) x[i] += out[i];
+    if (!pre_norm) layer_norm(x, P(16), P(17), eps, m, d, threads);
+#undef P
+    for (long i = 0; i < width && status == 0; i++)
+      if (!isfinite(x[i])) status = -1;
+  }
+  free(h);
+  free(qkv);
+  free(att);
+  free(out);
+  free(ff);
+  free(scores);
+  return status;
+}
