@@ -13,6 +13,7 @@ from lmforge.cli import main
 from lmforge.config import ConfigError, load_config
 from lmforge.errors import LmforgeError
 from lmforge.hf.gpt2 import GPT2Adapter
+from lmforge.infer import cpu
 from lmforge.infer.beam import BeamRows, DecoderStepper, beam_search, best_continuations
 from lmforge.infer.config import GenerateConfig
 from lmforge.infer.generate import complete, generate_ids, stream_batch
@@ -210,3 +211,19 @@ def test_best_continuations_rank_all_k_times_v_candidates():
     want, index = full.topk(m)
     torch.testing.assert_close(top, want)
     assert torch.equal(parent, index // vocab) and torch.equal(token, index % vocab)
+
+
+@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 decode kernel on this machine")
+def test_log_normaliser_and_top_k_in_one_pass_are_torchs():
+    """``logz_and_topk`` (beam search's per-row log Z and top k, in C): torch's logsumexp to 1e-5 and
+    torch's topk exactly (distinct values), -inf entries included, any width (tails of 16)."""
+    g = torch.Generator().manual_seed(0)
+    for n, v, k in [(160, 8000, 10), (3, 37, 5), (4, 16, 16), (2, 1000, 1)]:
+        x = torch.randn(n, v, generator=g) * 5
+        x[0, :3] = float("-inf")
+        log_z, values, indices = cpu.logz_and_topk(x, k)
+        torch.testing.assert_close(log_z, x.logsumexp(-1, keepdim=True), atol=1e-5, rtol=1e-6)
+        top = x.topk(k)
+        finite = values.isfinite()  # ties (the -inf ones): each in index order, torch's in any order
+        assert torch.equal(values, top.values) and torch.equal(indices[finite], top.indices[finite])
+        assert torch.equal(indices.sort().values, top.indices.sort().values)

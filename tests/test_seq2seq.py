@@ -178,7 +178,7 @@ FLAVOURS = {
 }
 
 
-@pytest.mark.skipif(cpu._seq2seq_library() is None, reason="no AVX512 seq2seq kernel on this machine")
+@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 seq2seq kernel on this machine")
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
     """Beam search and greedy decoding with the decoder step in C (``infer/cpu.py: Seq2SeqDecoder``)

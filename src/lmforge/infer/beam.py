@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from lmforge.infer.cpu import logz_and_topk
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache
@@ -151,7 +152,7 @@ def ban_repeated_ngrams(scores: Tensor, history: Tensor, n: int) -> Tensor:
 
 
 def best_continuations(
-    logits: Tensor, log_z: Tensor, scores: Tensor, m: int
+    logits: Tensor, log_z: Tensor, scores: Tensor, m: int, per_beam: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best m of each prompt's k * V continuations by log p(prefix) + log p(token | prefix):
     their summed log-probabilities (n, m), best first, parent beams and tokens.
@@ -159,10 +160,11 @@ def best_continuations(
     ``logits`` (n * k, V) with their log-normalisers ``log_z`` (n * k, 1); ``scores`` (n, k): each
     beam's log p(prefix). Log-softmax is monotonic within a beam, so a prompt's best m come from its
     beams' m best tokens each: only those k * m candidates are normalised and ranked (the (n * k, V)
-    log-probabilities are never written).
+    log-probabilities are never written). ``per_beam``: those m best logits of each beam and their
+    tokens when already known (``infer/cpu.py: logz_and_topk``).
     """
     n, k = scores.shape
-    best, tokens = logits.topk(min(m, logits.size(-1)))  # per beam
+    best, tokens = per_beam or logits.topk(min(m, logits.size(-1)))  # per beam
     total = ((best - log_z).view(n, k, -1) + scores[:, :, None]).view(n, -1)
     top, index = total.topk(m)
     return top, index // best.size(-1), tokens.view(n, -1).gather(1, index)
@@ -207,12 +209,18 @@ def beam_search(
     for t in range(steps):
         n, end = len(live), width + t
         logits = logits.float()
-        log_z = logits.logsumexp(dim=-1, keepdim=True)  # log p(v | prefix) = logit_v - log Z
+        banned = cfg.no_repeat_ngram_size or (eos_id is not None and t < cfg.min_new_tokens)
+        # log p(v | prefix) = logit_v - log Z; on a CPU log Z and each beam's best tokens in one pass in C
+        fused = None if banned else logz_and_topk(logits, min(2 * k, vocab))
+        if fused is not None:
+            log_z, per_beam = fused[0], fused[1:]
+        else:
+            log_z, per_beam = logits.logsumexp(dim=-1, keepdim=True), None
         if cfg.no_repeat_ngram_size:
             logits = ban_repeated_ngrams(logits, running[:, :, :end].flatten(0, 1), cfg.no_repeat_ngram_size)
         if eos_id is not None and t < cfg.min_new_tokens:
             logits[:, eos_id] = float("-inf")
-        top, parent, token = best_continuations(logits, log_z, running_scores, 2 * k)
+        top, parent, token = best_continuations(logits, log_z, running_scores, 2 * k, per_beam)
         candidates = gather_beams(running, parent)
         candidates[:, :, end] = token
         is_eos = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)

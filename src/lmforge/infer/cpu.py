@@ -192,19 +192,39 @@ def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
 # what was measured, MKL's GEMM may win.
 SEQ2SEQ_NATIVE_ROWS = 256
 Bound = tuple[list[Tensor], Tensor]  # Seq2SeqDecoder.bind: the memory's K, V contiguous; the step's pointers
-# the kernel's activation codes (kernels/seq2seq.c)
+# the kernel's activation codes (kernels/decode.c)
 _ACTIVATION_CODES = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
 
 
 @functools.cache
-def _seq2seq_library() -> ctypes.CDLL | None:
-    lib = native.library("seq2seq")
+def _decode_library() -> ctypes.CDLL | None:
+    lib = native.library("decode")
     if lib is not None:
         c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
         f = ctypes.c_float
         lib.lmforge_seq2seq_decode.argtypes = [c, c, c, c, c, f, i, i, p, p, c, p, p, c, c, c, c, p, i]
         lib.lmforge_seq2seq_decode.restype = i
+        lib.lmforge_logz_topk.argtypes = [p, c, c, c, p, p, p, i]
+        lib.lmforge_logz_topk.restype = None
     return lib
+
+
+def logz_and_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Per row of fp32 CPU ``logits`` (n, V): log Z = logsumexp (n, 1) and the k largest values and
+    their indices (n, k), largest first, in one pass of lmforge's C kernel (beam search reads the logits
+    once instead of five times); None where that kernel is not built."""
+    lib = _decode_library()
+    if lib is None or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.dim() != 2:
+        return None
+    n, v = logits.shape
+    if k > v:
+        return None
+    x = logits.contiguous()
+    log_z, values = torch.empty(n, 1), torch.empty(n, k)
+    indices = torch.empty(n, k, dtype=torch.int64)
+    out = (log_z.data_ptr(), values.data_ptr(), indices.data_ptr())
+    lib.lmforge_logz_topk(x.data_ptr(), n, v, k, *out, torch.get_num_threads())
+    return log_z, values, indices
 
 
 def pack_fp32(weight: Tensor) -> Tensor:
@@ -222,11 +242,11 @@ def _pad16(v: Tensor) -> Tensor:
 class Seq2SeqDecoder:
     """A decode step of a ``Seq2Seq``'s decoder (fp32, CPU) for rows that all add one token at the same
     position (beam search, greedy): every block in one call of ``lmforge_seq2seq_decode``
-    (``models/kernels/seq2seq.c``), the embedding, final norm and head in PyTorch. ``seq2seq_decoder``
+    (``models/kernels/decode.c``), the embedding, final norm and head in PyTorch. ``seq2seq_decoder``
     makes one per model (cached while its weights do not change)."""
 
     def __init__(self, model: Seq2Seq):
-        self.model, self.lib = model, _seq2seq_library()
+        self.model, self.lib = model, _decode_library()
         c = model.config
         self.activation = _ACTIVATION_CODES[c.activation]
         self.keep: list[Tensor] = []
@@ -284,7 +304,7 @@ def seq2seq_decoder(model: nn.Module, cache: KVCache) -> Seq2SeqDecoder | None:
     """The native decode step for an encoder-decoder and its self-attention ``cache``, or None: not a
     ``Seq2Seq`` in fp32 on a CPU, in training, with hooks, a cache of another layout, or no kernel for
     this CPU."""
-    if not isinstance(model, Seq2Seq) or model.training or _seq2seq_library() is None:
+    if not isinstance(model, Seq2Seq) or model.training or _decode_library() is None:
         return None
     c = model.config
     if c.activation not in _ACTIVATION_CODES:

@@ -1,6 +1,7 @@
-/* One decode step of an encoder-decoder's decoder (lmforge.models.seq2seq.Seq2Seq) in fp32, for the few
- * rows of a beam search or greedy decoding: every block's self-attention on the KV cache, cross-attention
- * to the encoder's memory, feed-forward, LayerNorms and residuals, in one call.
+/* fp32 decoding in C: one decode step of an encoder-decoder's decoder (lmforge.models.seq2seq.Seq2Seq)
+ * for the rows of a beam search or greedy decoding (every block's self-attention on the KV cache,
+ * cross-attention to the encoder's memory, feed-forward, LayerNorms and residuals, in one call), and beam
+ * search's per-row log-normaliser and top-k of the logits in one pass (lmforge_logz_topk).
  *
  * Why: at a few rows a decoder block's matmuls are small (a 256-wide model's take microseconds) and the
  * step is the dispatch of some forty PyTorch operations a block; here each linear layer streams its
@@ -238,4 +239,46 @@ int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff,
   free(ff);
   free(scores);
   return status;
+}
+
+/* Per row of x (n, v): log Z = log sum_j e^x_j (its max taken out first) and the k largest values,
+ * largest first, with their indices (an equal value keeps the lower index first), in one pass: a value
+ * enters the top k only when above the k-th so far, which 16 values at a time rarely are. v >= k. */
+void lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, float* values, int64_t* indices,
+                       int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long i = 0; i < n; i++) {
+    const float* xi = x + i * v;
+    float* top = values + i * k;
+    int64_t* at = indices + i * k;
+    long held = 0;
+    __m512 hi = _mm512_set1_ps(-INFINITY);
+    for (long j = 0; j < v; j += 16) {
+      __mmask16 m = tail(v, j);
+      __m512 c = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, xi + j);
+      hi = _mm512_max_ps(hi, c);
+      __mmask16 above = held < k ? m : _mm512_mask_cmp_ps_mask(m, c, _mm512_set1_ps(top[k - 1]), _CMP_GT_OQ);
+      while (above) {
+        int lane = __builtin_ctz(above);
+        above &= above - 1;
+        float val = xi[j + lane];
+        if (held == k && !(val > top[k - 1])) continue;
+        long p = held < k ? held++ : k - 1; /* insert below every value >= it: ties keep index order */
+        while (p > 0 && top[p - 1] < val) {
+          top[p] = top[p - 1];
+          at[p] = at[p - 1];
+          p--;
+        }
+        top[p] = val;
+        at[p] = j + lane;
+      }
+    }
+    float mx = _mm512_reduce_max_ps(hi);
+    __m512 sum = _mm512_setzero_ps(), mv = _mm512_set1_ps(mx);
+    for (long j = 0; j < v; j += 16) {
+      __mmask16 m = tail(v, j);
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xi + j), mv))));
+    }
+    logz[i] = isfinite(mx) ? mx + logf(_mm512_reduce_add_ps(sum)) : mx;
+  }
 }
