@@ -196,7 +196,7 @@ class Seq2Seq(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """The output head: next-token logits of the decoder's last states x (..., d_model)."""
         logits = self.lm_head(x)
-        return logits + self.logits_bias if self.config.logits_bias else logits
+        return logits.add_(self.logits_bias) if self.config.logits_bias else logits  # in place: V-wide rows
 
     def forward(
         self,
