@@ -216,7 +216,8 @@ def test_best_continuations_rank_all_k_times_v_candidates():
 @pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 decode kernel on this machine")
 def test_log_normaliser_and_top_k_in_one_pass_are_torchs():
     """``logz_and_topk`` (beam search's per-row log Z and top k, in C): torch's logsumexp to 1e-5 and
-    torch's topk exactly (distinct values), -inf entries included, any width (tails of 16)."""
+    torch's topk exactly (distinct values), -inf entries included, any width (tails of 16); ties in index
+    order; a NaN leaves the step to PyTorch."""
     g = torch.Generator().manual_seed(0)
     for n, v, k in [(160, 8000, 10), (3, 37, 5), (4, 16, 16), (2, 1000, 1)]:
         x = torch.randn(n, v, generator=g) * 5
@@ -227,3 +228,8 @@ def test_log_normaliser_and_top_k_in_one_pass_are_torchs():
         finite = values.isfinite()  # ties (the -inf ones): each in index order, torch's in any order
         assert torch.equal(values, top.values) and torch.equal(indices[finite], top.indices[finite])
         assert torch.equal(indices.sort().values, top.indices.sort().values)
+    ties = torch.tensor([[1.0, 3.0, 2.0, 3.0, 1.0, 3.0] * 5])  # equal values: the lower index first
+    _, values, indices = cpu.logz_and_topk(ties, 7)
+    stable = ties.sort(descending=True, stable=True)
+    assert torch.equal(values, stable.values[:, :7]) and torch.equal(indices, stable.indices[:, :7])
+    assert cpu.logz_and_topk(torch.tensor([[0.5, float("nan"), 2.0, 1.0]]), 2) is None  # PyTorch's path

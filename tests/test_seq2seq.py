@@ -204,6 +204,8 @@ def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
     stepper = s2s.Seq2SeqStepper(model, sources, 12)
     with torch.no_grad():
         stepper.start(3)
+        stepper.valid[1] = False  # a source with no valid key: its queries see every key (attention_mask)
+        stepper.bound = None
         tokens = torch.randint(3, 59, (12, 1), generator=g)
         cache = stepper.cache
         saved = cache.k.clone(), cache.v.clone(), cache.length
@@ -213,3 +215,39 @@ def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
         theirs = model.logits(states)[:, -1]
     assert stepper.native is not None
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-6)  # measured: up to 4e-6 of logits ~9
+
+
+@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 seq2seq kernel on this machine")
+def test_the_c_step_declines_what_it_does_not_implement_and_keeps_no_model_alive():
+    """Quantized layers (their weights are int8 buffers) keep PyTorch's step and still translate; the
+    cached C step does not keep its model alive (it is cached weakly on it)."""
+    import gc
+    import weakref
+
+    from lmforge.models.quant import QuantSpec, quantize_model
+
+    sources = [[5, 9, 13, 2], [7, 2]]
+    cfg = GenerationConfig(max_new_tokens=6, num_beams=2, temperature=0.0)
+    model = _random_flavour(0.0, activation="silu")
+    assert cpu.seq2seq_decoder(model, model.new_cache(2, 8)) is not None
+    generate_ids(model, sources, cfg, 2)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+    quantized = _random_flavour(0.0, activation="silu")
+    quantize_model(quantized, QuantSpec(bits=8))
+    assert cpu.seq2seq_decoder(quantized, quantized.new_cache(2, 8)) is None
+    assert all(len(t) == 6 for t in generate_ids(quantized, sources, cfg, 2))
+
+
+def test_logits_keep_their_dtype_rules():
+    """The logits bias is added in place only where that changes nothing: under bf16 autocast the
+    logits are fp32 (the bias promotes them), and one state (d_model,) gives (1, V) as broadcasting does."""
+    model = _random_flavour(0.0)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.logits(x).dtype == torch.float32
+        assert model.logits(x[0]).shape == (1, 61)
+        torch.testing.assert_close(model.logits(x), model.lm_head(x) + model.logits_bias)

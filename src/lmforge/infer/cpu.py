@@ -81,7 +81,9 @@ def packing_rows(model: nn.Module) -> int | None:
 
 
 def _weights_version(model: nn.Module) -> tuple:
-    return tuple((id(p), p._version, p.dtype) for p in model.parameters())
+    """Changes when a weight is replaced, changed in place, cast or given new storage (``p.data = ...``);
+    not when changed through ``p.data`` in place, which bypasses the version counter."""
+    return tuple((id(p), p._version, p.dtype, p.data_ptr()) for p in model.parameters())
 
 
 # model -> (weights version, packed copy); kept beside the model, not on it, so the model stays an
@@ -205,14 +207,15 @@ def _decode_library() -> ctypes.CDLL | None:
         lib.lmforge_seq2seq_decode.argtypes = [c, c, c, c, c, f, i, i, p, p, c, p, p, c, c, c, c, p, i]
         lib.lmforge_seq2seq_decode.restype = i
         lib.lmforge_logz_topk.argtypes = [p, c, c, c, p, p, p, i]
-        lib.lmforge_logz_topk.restype = None
+        lib.lmforge_logz_topk.restype = i
     return lib
 
 
 def logz_and_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor] | None:
     """Per row of fp32 CPU ``logits`` (n, V): log Z = logsumexp (n, 1) and the k largest values and
-    their indices (n, k), largest first, in one pass of lmforge's C kernel (beam search reads the logits
-    once instead of five times); None where that kernel is not built."""
+    their indices (n, k), largest first (ties: the lower index first), in one pass of lmforge's C
+    kernel (beam search reads the logits once instead of five times); None where that kernel is not
+    built, or when a logit is NaN (PyTorch's ranking of NaN is kept)."""
     lib = _decode_library()
     if lib is None or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.dim() != 2:
         return None
@@ -223,7 +226,8 @@ def logz_and_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor] | Non
     log_z, values = torch.empty(n, 1), torch.empty(n, k)
     indices = torch.empty(n, k, dtype=torch.int64)
     out = (log_z.data_ptr(), values.data_ptr(), indices.data_ptr())
-    lib.lmforge_logz_topk(x.data_ptr(), n, v, k, *out, torch.get_num_threads())
+    if lib.lmforge_logz_topk(x.data_ptr(), n, v, k, *out, torch.get_num_threads()):
+        return None
     return log_z, values, indices
 
 
@@ -246,7 +250,9 @@ class Seq2SeqDecoder:
     makes one per model (cached while its weights do not change)."""
 
     def __init__(self, model: Seq2Seq):
-        self.model, self.lib = model, _decode_library()
+        # the parts a step runs in PyTorch, not the model: the cache of these is keyed weakly on it
+        self.config, self.embed, self.norm = model.config, model.dec_emb, model.dec_norm
+        self.lib = _decode_library()
         c = model.config
         self.activation = _ACTIVATION_CODES[c.activation]
         self.keep: list[Tensor] = []
@@ -280,10 +286,10 @@ class Seq2SeqDecoder:
         the cache's length, rows in blocks of ``beams`` per memory row (``bound``: ``bind`` of the
         memory); None when an activation is not finite (the cache is as it was: the caller decodes its
         own way)."""
-        m, c = self.model, self.model.config
+        c = self.config
         kv, pointers = bound
         pos = cache.reserve(1)
-        x = m.dec_emb(tokens, torch.full_like(tokens, pos))[:, 0].contiguous()
+        x = self.embed(tokens, torch.full_like(tokens, pos))[:, 0].contiguous()
         src = None if valid is None else valid.contiguous()
         status = self.lib.lmforge_seq2seq_decode(
             c.n_dec_layer, x.size(0), c.d_model, c.n_head, c.d_ff, c.norm_eps, c.norm_position == "pre",
@@ -294,7 +300,18 @@ class Seq2SeqDecoder:
         if status:
             cache.length = pos
             return None
-        return x if m.dec_norm is None else m.dec_norm(x)
+        return x if self.norm is None else self.norm(x)
+
+
+def _plain_decoder_block(block: nn.Module) -> bool:
+    """A decoder block whose linear layers are plain ``nn.Linear`` with biases and whose norms are
+    affine ``nn.LayerNorm``: what the C step reads."""
+    a, x, f = block.attn, block.cross_attn, block.mlp
+    linears = (a.qkv, a.proj, x.q, x.proj, f.fc, f.proj)
+    norms = (block.attn_norm, block.cross_norm, block.mlp_norm)
+    return all(type(layer) is nn.Linear and layer.bias is not None for layer in linears) and all(
+        type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None for norm in norms
+    )
 
 
 _SEQ2SEQ: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Seq2SeqDecoder]] = weakref.WeakKeyDictionary()
@@ -313,6 +330,8 @@ def seq2seq_decoder(model: nn.Module, cache: KVCache) -> Seq2SeqDecoder | None:
         return None
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return None
+    if not all(_plain_decoder_block(block) for block in model.decoder):
+        return None  # quantized or LoRA layers, norms without affine parameters: PyTorch's step
     shape = (c.n_dec_layer, cache.k.size(1), c.n_head, cache.k.size(3), c.head_dim)
     if cache.k.shape != shape or cache.v.shape != shape or cache.k.dtype != torch.float32:
         return None

@@ -196,7 +196,11 @@ class Seq2Seq(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """The output head: next-token logits of the decoder's last states x (..., d_model)."""
         logits = self.lm_head(x)
-        return logits.add_(self.logits_bias) if self.config.logits_bias else logits  # in place: V-wide rows
+        if not self.config.logits_bias:
+            return logits
+        if logits.dim() > 1 and logits.dtype == self.logits_bias.dtype:
+            return logits.add_(self.logits_bias)  # in place: a V-wide copy less per decode step
+        return logits + self.logits_bias  # a promoted dtype (bf16 autocast: fp32 logits), or one row
 
     def forward(
         self,

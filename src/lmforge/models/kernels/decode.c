@@ -243,10 +243,12 @@ int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff,
 
 /* Per row of x (n, v): log Z = log sum_j e^x_j (its max taken out first) and the k largest values,
  * largest first, with their indices (an equal value keeps the lower index first), in one pass: a value
- * enters the top k only when above the k-th so far, which 16 values at a time rarely are. v >= k. */
-void lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, float* values, int64_t* indices,
-                       int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+ * enters the top k only when above the k-th so far, which 16 values at a time rarely are. v >= k.
+ * Returns 0, or -1 when a value is NaN (the results are then not to be used). */
+int lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, float* values, int64_t* indices,
+                      int threads) {
+  int nan = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : nan)
   for (long i = 0; i < n; i++) {
     const float* xi = x + i * v;
     float* top = values + i * k;
@@ -256,6 +258,7 @@ void lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, floa
     for (long j = 0; j < v; j += 16) {
       __mmask16 m = tail(v, j);
       __m512 c = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, xi + j);
+      nan |= _mm512_cmp_ps_mask(c, c, _CMP_UNORD_Q) != 0;
       hi = _mm512_max_ps(hi, c);
       __mmask16 above = held < k ? m : _mm512_mask_cmp_ps_mask(m, c, _mm512_set1_ps(top[k - 1]), _CMP_GT_OQ);
       while (above) {
@@ -281,4 +284,5 @@ void lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, floa
     }
     logz[i] = isfinite(mx) ? mx + logf(_mm512_reduce_add_ps(sum)) : mx;
   }
+  return nan ? -1 : 0;
 }
