@@ -7,6 +7,8 @@ Boolean masks are ``True`` where attention is allowed.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -14,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lmforge.models import native
 
 # --------------------------------------------------------------------------------------------------
 # Attention
@@ -150,8 +154,11 @@ class KVCache:
         self._spare, self.k, self.v = (self.k, self.v), k, v
 
     def copy_rows(self, src: Tensor, dst: Tensor) -> None:
-        """Row dst[i] takes row src[i]'s filled slots (no row is both a source and a destination)."""
+        """Row dst[i] takes row src[i]'s filled slots (no row is both a source and a destination); on a
+        CPU in one pass of lmforge's C kernel (``kernels/decode.c``), else a gather and a scatter."""
         n = self.length
+        if _copy_rows_natively(self, src, dst):
+            return
         for layer in range(self.k.size(0)):
             k, v = self.k[layer, :, :, :n], self.v[layer, :, :, :n]
             k.index_copy_(0, dst, k.index_select(0, src))
@@ -166,6 +173,34 @@ class KVCache:
         self.k[layer, :, :, start : self.length] = k
         self.v[layer, :, :, start : self.length] = v
         return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
+
+
+@functools.cache
+def _copy_rows_kernel() -> Callable | None:
+    lib = native.library("decode")
+    if lib is None:
+        return None
+    c, p = ctypes.c_long, ctypes.c_void_p
+    lib.lmforge_copy_rows.argtypes = [p, p, c, c, c, c, c, c, p, p, c, ctypes.c_int]
+    lib.lmforge_copy_rows.restype = None
+    return lib.lmforge_copy_rows
+
+
+def _copy_rows_natively(cache: KVCache, src: Tensor, dst: Tensor) -> bool:
+    """``KVCache.copy_rows`` in C when the cache is fp32 and contiguous on a CPU; whether it ran."""
+    k, v = cache.k, cache.v
+    if k.device.type != "cpu" or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()):
+        return False
+    copy = _copy_rows_kernel()
+    if copy is None:
+        return False
+    src, dst = src.to(torch.int64).contiguous(), dst.to(torch.int64).contiguous()
+    layers, rows, heads, max_len, d = k.shape
+    copy(
+        k.data_ptr(), v.data_ptr(), layers, rows, heads, max_len, d, cache.length,
+        src.data_ptr(), dst.data_ptr(), src.numel(), torch.get_num_threads(),
+    )  # fmt: skip
+    return True
 
 
 def decode_positions_and_mask(

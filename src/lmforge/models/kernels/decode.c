@@ -18,23 +18,28 @@
 #error "this kernel needs AVX512F"
 #endif
 
-#define ROWS 6 /* rows of x per tile: 6 rows x 2 blocks of 16 outputs = 12 accumulators in registers */
+#define ROWS 6 /* rows of x per tile: 6 rows x 4 blocks of 16 outputs = 24 accumulators in registers */
+#define BLOCKS 4
 
-/* one tile: rows i..i+r-1 (r <= ROWS) times `nblk` (1 or 2) blocks of 16 outputs starting at block blk */
+/* one tile: rows i..i+r-1 (r <= ROWS) times `nblk` (<= BLOCKS) blocks of 16 outputs starting at block blk */
 static inline void tile(const float* x, long i, long r, long k, const float* w, const float* b, float* y, long n,
                         long blk, int nblk) {
   const float* xr[ROWS];
   for (int q = 0; q < ROWS; q++) xr[q] = x + (i + (q < r ? q : 0)) * k;
-  __m512 acc[ROWS][2];
-  for (int q = 0; q < ROWS; q++) acc[q][0] = acc[q][1] = _mm512_setzero_ps();
-  const float *w0 = w + blk * k * 16, *w1 = w0 + (nblk > 1) * k * 16;
+  const float* wc[BLOCKS];
+  for (int c = 0; c < BLOCKS; c++) wc[c] = w + (blk + (c < nblk ? c : 0)) * k * 16;
+  __m512 acc[ROWS][BLOCKS];
+  for (int q = 0; q < ROWS; q++)
+    for (int c = 0; c < BLOCKS; c++) acc[q][c] = _mm512_setzero_ps();
   for (long j = 0; j < k; j++) {
-    __m512 v0 = _mm512_loadu_ps(w0 + j * 16), v1 = _mm512_loadu_ps(w1 + j * 16);
+    __m512 v[BLOCKS];
+#pragma GCC unroll 4
+    for (int c = 0; c < BLOCKS; c++) v[c] = _mm512_loadu_ps(wc[c] + j * 16);
 #pragma GCC unroll 6
     for (int q = 0; q < ROWS; q++) {
       __m512 xb = _mm512_set1_ps(xr[q][j]);
-      acc[q][0] = _mm512_fmadd_ps(xb, v0, acc[q][0]);
-      acc[q][1] = _mm512_fmadd_ps(xb, v1, acc[q][1]);
+#pragma GCC unroll 4
+      for (int c = 0; c < BLOCKS; c++) acc[q][c] = _mm512_fmadd_ps(xb, v[c], acc[q][c]);
     }
   }
   for (int c = 0; c < nblk; c++) {
@@ -46,13 +51,13 @@ static inline void tile(const float* x, long i, long r, long k, const float* w, 
 }
 
 /* y (m, n) = x (m, k) W^T + b, W laid out as w[n/16][k][16] (n padded to 16 by zero rows), b padded too
- * (or NULL); in tiles of 6 rows x 32 outputs, each weight vector read once per 6 rows */
+ * (or NULL); in tiles of 6 rows x 64 outputs, each weight vector read once per 6 rows */
 static void linear(const float* x, long m, long k, const float* w, const float* b, float* y, long n, int threads) {
-  long blocks = (n + 15) / 16, pairs = (blocks + 1) / 2;
+  long blocks = (n + 15) / 16, groups = (blocks + BLOCKS - 1) / BLOCKS;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long pr = 0; pr < pairs; pr++) {
-    int nblk = 2 * pr + 1 < blocks ? 2 : 1;
-    for (long i = 0; i < m; i += ROWS) tile(x, i, m - i < ROWS ? m - i : ROWS, k, w, b, y, n, 2 * pr, nblk);
+  for (long g = 0; g < groups; g++) {
+    int nblk = blocks - g * BLOCKS < BLOCKS ? (int)(blocks - g * BLOCKS) : BLOCKS;
+    for (long i = 0; i < m; i += ROWS) tile(x, i, m - i < ROWS ? m - i : ROWS, k, w, b, y, n, g * BLOCKS, nblk);
   }
 }
 
@@ -285,4 +290,18 @@ int lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, float
     logz[i] = isfinite(mx) ? mx + logf(_mm512_reduce_add_ps(sum)) : mx;
   }
   return nan ? -1 : 0;
+}
+
+/* Beam search's cache copies: row dst[c] of every layer and head of k and v (layers, rows, heads, max_len, d)
+ * takes row src[c]'s first n positions, in one pass (no row is both a source and a destination). */
+void lmforge_copy_rows(float* k, float* v, long layers, long rows, long heads, long max_len, long d, long n,
+                       const int64_t* src, const int64_t* dst, long count, int threads) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (long l = 0; l < layers; l++)
+    for (long c = 0; c < count; c++)
+      for (long h = 0; h < heads; h++) {
+        long to = ((l * rows + dst[c]) * heads + h) * max_len * d, from = ((l * rows + src[c]) * heads + h) * max_len * d;
+        memcpy(k + to, k + from, sizeof(float) * (size_t)(n * d));
+        memcpy(v + to, v + from, sizeof(float) * (size_t)(n * d));
+      }
 }
