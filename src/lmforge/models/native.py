@@ -67,7 +67,9 @@ def _build(name: str) -> Path:
         raise OSError("no C compiler (set CC or install cc)")
     cc, version = found
     source = SOURCES / f"{name}.c"
-    digest = hashlib.sha256(source.read_bytes() + version + _cpu() + " ".join(FLAGS).encode()).hexdigest()
+    headers = b"".join(h.read_bytes() for h in sorted(SOURCES.glob("*.h")))  # what the sources include
+    inputs = source.read_bytes() + headers + version + _cpu() + " ".join(FLAGS).encode()
+    digest = hashlib.sha256(inputs).hexdigest()
     target = cache_dir() / f"{name}-{digest[:16]}.so"
     if target.is_file():
         return target

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
+
 #if !defined(__AVX512F__)
 #error "this kernel needs AVX512F"
 #endif
@@ -132,15 +134,6 @@ static void activate(float* x, long m, long n, int kind, int threads) {
   }
 }
 
-static inline float dot(const float* a, const float* b, long n) {
-  __m512 acc = _mm512_setzero_ps();
-  long e = 0;
-  for (; e + 16 <= n; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + e), _mm512_loadu_ps(b + e), acc);
-  float sum = _mm512_reduce_add_ps(acc);
-  for (; e < n; e++) sum += a[e] * b[e];
-  return sum;
-}
-
 /* o (D) = softmax(q k^T / sqrt(D)) v over the keys t < len whose valid[t] (NULL: all), keys and values
  * (len, D) with row stride D; s: len floats of scratch. A query with no valid key sees them all (as
  * lmforge.models.layers.attention_mask). */
@@ -161,6 +154,20 @@ static void attend(const float* q, const float* keys, const float* values, const
     float w = s[t] / total;
     for (long e = 0; e < d; e++) o[e] += w * values[t * d + e];
   }
+}
+
+/* a sub-layer's input: h = x, normed first when pre-norm (Block.sublayer) */
+static void sublayer_in(const float* x, float* h, int pre_norm, const float* g, const float* b, float eps, long m,
+                        long d, int threads) {
+  memcpy(h, x, sizeof(float) * (size_t)(m * d));
+  if (pre_norm) layer_norm(h, g, b, eps, m, d, threads);
+}
+
+/* a sub-layer's output f: x += f, then normed when post-norm (Block.sublayer) */
+static void sublayer_out(float* x, const float* f, int pre_norm, const float* g, const float* b, float eps, long m,
+                         long d, int threads) {
+  for (long i = 0; i < m * d; i++) x[i] += f[i];
+  if (!pre_norm) layer_norm(x, g, b, eps, m, d, threads);
 }
 
 /* Per layer: self qkv (W, b), self proj (W, b), cross q (W, b), cross proj (W, b), fc (W, b), fc2 (W, b),
@@ -192,8 +199,7 @@ int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff,
     const int64_t* p = layers + l * LAYER_POINTERS;
 #define P(i) ((const float*)p[i])
     /* self-attention */
-    memcpy(h, x, sizeof(float) * (size_t)width);
-    if (pre_norm) layer_norm(h, P(12), P(13), eps, m, d, threads);
+    sublayer_in(x, h, pre_norm, P(12), P(13), eps, m, d, threads);
     linear(h, m, d, P(0), P(1), qkv, 3 * d, threads);
     for (long i = 0; i < m; i++)
       for (long j = 0; j < n_head; j++) {
@@ -209,11 +215,9 @@ int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff,
                scores + (i * n_head + j) * span, att + i * d + j * hd);
       }
     linear(att, m, d, P(2), P(3), out, d, threads);
-    for (long i = 0; i < width; i++) x[i] += out[i];
-    if (!pre_norm) layer_norm(x, P(12), P(13), eps, m, d, threads);
+    sublayer_out(x, out, pre_norm, P(12), P(13), eps, m, d, threads);
     /* cross-attention */
-    memcpy(h, x, sizeof(float) * (size_t)width);
-    if (pre_norm) layer_norm(h, P(14), P(15), eps, m, d, threads);
+    sublayer_in(x, h, pre_norm, P(14), P(15), eps, m, d, threads);
     linear(h, m, d, P(4), P(5), qkv, d, threads);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
     for (long i = 0; i < m; i++)
@@ -223,16 +227,13 @@ int lmforge_seq2seq_decode(long n_layer, long m, long d, long n_head, long d_ff,
                hd, scale, scores + (i * n_head + j) * span, att + i * d + j * hd);
       }
     linear(att, m, d, P(6), P(7), out, d, threads);
-    for (long i = 0; i < width; i++) x[i] += out[i];
-    if (!pre_norm) layer_norm(x, P(14), P(15), eps, m, d, threads);
+    sublayer_out(x, out, pre_norm, P(14), P(15), eps, m, d, threads);
     /* feed-forward */
-    memcpy(h, x, sizeof(float) * (size_t)width);
-    if (pre_norm) layer_norm(h, P(16), P(17), eps, m, d, threads);
+    sublayer_in(x, h, pre_norm, P(16), P(17), eps, m, d, threads);
     linear(h, m, d, P(8), P(9), ff, d_ff, threads);
     activate(ff, m, d_ff, activation, threads);
     linear(ff, m, d_ff, P(10), P(11), out, d, threads);
-    for (long i = 0; i < width; i++) x[i] += out[i];
-    if (!pre_norm) layer_norm(x, P(16), P(17), eps, m, d, threads);
+    sublayer_out(x, out, pre_norm, P(16), P(17), eps, m, d, threads);
 #undef P
     for (long i = 0; i < width && status == 0; i++)
       if (!isfinite(x[i])) status = -1;

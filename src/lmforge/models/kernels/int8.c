@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
+
 #if !defined(__AVX512F__) || !defined(__AVX512VNNI__) || !defined(__AVX512BW__)
 #error "this kernel needs AVX512-VNNI"
 #endif
@@ -160,15 +162,6 @@ static void rms_norm(const float* x, const float* g, float eps, long m, long d, 
     float r = 1.f / sqrtf((float)(sq / d) + eps);
     for (long j = 0; j < d; j++) y[i * d + j] = g[j] * (xi[j] * r);
   }
-}
-
-static inline float dot(const float* a, const float* b, long n) {
-  __m512 acc = _mm512_setzero_ps();
-  long e = 0;
-  for (; e + 16 <= n; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + e), _mm512_loadu_ps(b + e), acc);
-  float sum = _mm512_reduce_add_ps(acc);
-  for (; e < n; e++) sum += a[e] * b[e];
-  return sum;
 }
 
 /* x (D) rotated at one position: (x_i, x_{i+D/2}) -> x ⊙ cos + rotate_half(x) ⊙ sin */
