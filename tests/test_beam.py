@@ -18,6 +18,7 @@ from lmforge.infer.beam import BeamRows, DecoderStepper, beam_search, best_conti
 from lmforge.infer.config import GenerateConfig
 from lmforge.infer.generate import complete, generate_ids, stream_batch
 from lmforge.infer.sampling import GenerationConfig
+from lmforge.models import native
 from lmforge.models.gpt import GPT
 from lmforge.models.io import load_model
 from lmforge.models.layers import KVCache
@@ -213,7 +214,7 @@ def test_best_continuations_rank_all_k_times_v_candidates():
     assert torch.equal(parent, index // vocab) and torch.equal(token, index % vocab)
 
 
-@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 decode kernel on this machine")
+@pytest.mark.skipif(native.library("decode") is None, reason="no AVX512 decode kernel on this machine")
 def test_log_normaliser_and_top_k_in_one_pass_are_torchs():
     """``logz_and_topk`` (beam search's per-row log Z and top k, in C): torch's logsumexp to 1e-5 and
     torch's topk exactly (distinct values), -inf entries included, any width (tails of 16); ties in index

@@ -328,20 +328,20 @@ def test_kv_cache_copy_rows_copies_the_filled_slots():
 def test_kv_cache_copy_rows_in_c_is_the_gather_and_scatter(monkeypatch):
     """``copy_rows``' one-pass C copy (kernels/decode.c) leaves the cache exactly as PyTorch's gather and
     scatter do: every layer and head, the filled slots only, other rows untouched."""
-    from lmforge.models import layers
+    from lmforge.models import layers, native
 
     caches, ran, real = [], [], layers._copy_rows_natively
-    for native in (True, False):
+    for in_c in (True, False):
         shape = dict(n_layer=3, batch=6, n_kv_head=2, max_len=7, head_dim=5)
         cache = KVCache(**shape, dtype=torch.float32, device="cpu")
         cache.k.copy_(torch.randn(cache.k.shape, generator=torch.Generator().manual_seed(1)))
         cache.v.copy_(-cache.k)
         cache.reserve(4)
-        step = (lambda *a: ran.append(real(*a)) or ran[-1]) if native else (lambda *a: False)
+        step = (lambda *a: ran.append(real(*a)) or ran[-1]) if in_c else (lambda *a: False)
         monkeypatch.setattr(layers, "_copy_rows_natively", step)
         cache.copy_rows(torch.tensor([0, 0, 3]), torch.tensor([1, 4, 5]))
         caches.append(cache)
-    assert ran == [layers._copy_rows_kernel() is not None]  # the C copy ran where it is built
+    assert ran == [native.library("decode") is not None]  # the C copy ran where it is built
     assert torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
     assert torch.equal(caches[0].k[:, 4, :, :4], caches[0].k[:, 0, :, :4])
     assert not torch.equal(caches[0].k[:, 4, :, 4:], caches[0].k[:, 0, :, 4:])  # unfilled slots stay

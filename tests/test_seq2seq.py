@@ -11,6 +11,7 @@ from lmforge.infer import cpu
 from lmforge.infer import seq2seq as s2s
 from lmforge.infer.sampling import GenerationConfig
 from lmforge.infer.seq2seq import generate_ids
+from lmforge.models import native
 from lmforge.models.io import load_model, save_model
 from lmforge.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
@@ -178,7 +179,7 @@ FLAVOURS = {
 }
 
 
-@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 seq2seq kernel on this machine")
+@pytest.mark.skipif(native.library("decode") is None, reason="no AVX512 seq2seq kernel on this machine")
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
     """Beam search and greedy decoding with the decoder step in C (``infer/cpu.py: Seq2SeqDecoder``)
@@ -217,7 +218,7 @@ def test_the_decode_step_in_c_is_pytorchs(flavour, monkeypatch):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-6)  # measured: up to 4e-6 of logits ~9
 
 
-@pytest.mark.skipif(cpu._decode_library() is None, reason="no AVX512 seq2seq kernel on this machine")
+@pytest.mark.skipif(native.library("decode") is None, reason="no AVX512 seq2seq kernel on this machine")
 def test_the_c_step_declines_what_it_does_not_implement_and_keeps_no_model_alive():
     """Quantized layers (their weights are int8 buffers) keep PyTorch's step and still translate; the
     cached C step does not keep its model alive (it is cached weakly on it)."""

@@ -21,12 +21,9 @@ in arithmetic. On a 135M int8 model that overhead was about half of every step.
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.models import native
@@ -73,11 +70,16 @@ def packing_rows(model: nn.Module) -> int | None:
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or model.training:
         return None
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if has_hooks(model):
         return None  # a copy would bypass the hooks (they must see every decode step)
     if weight.dtype == torch.bfloat16:
         return 1 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     return 4 if weight.dtype == torch.float32 else None
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether a module of ``model`` has forward hooks: a packed copy or a native step would bypass them."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _weights_version(model: nn.Module) -> tuple:
@@ -177,7 +179,7 @@ def int8_decoder(model: nn.Module, cache: KVCache) -> Int8Decoder | None:
     floats = (model.tok_emb.weight, model.rope.cos, model.rope.sin, cache.k, cache.v, *norms)
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in floats):
         return None
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if has_hooks(model):
         return None
     shape = (c.n_layer, cache.k.size(1), c.n_kv_head, cache.k.size(3), c.head_dim)
     if cache.k.shape != shape or cache.v.shape != shape or model.rope.cos.shape[0] < cache.k.size(3):
@@ -198,25 +200,12 @@ Bound = tuple[list[Tensor], Tensor]  # Seq2SeqDecoder.bind: the memory's K, V co
 _ACTIVATION_CODES = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
 
 
-@functools.cache
-def _decode_library() -> ctypes.CDLL | None:
-    lib = native.library("decode")
-    if lib is not None:
-        c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
-        f = ctypes.c_float
-        lib.lmforge_seq2seq_decode.argtypes = [c, c, c, c, c, f, i, i, p, p, c, p, p, c, c, c, c, p, i]
-        lib.lmforge_seq2seq_decode.restype = i
-        lib.lmforge_logz_topk.argtypes = [p, c, c, c, p, p, p, i]
-        lib.lmforge_logz_topk.restype = i
-    return lib
-
-
 def logz_and_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor] | None:
     """Per row of fp32 CPU ``logits`` (n, V): log Z = logsumexp (n, 1) and the k largest values and
     their indices (n, k), largest first (ties: the lower index first), in one pass of lmforge's C
     kernel (beam search reads the logits once instead of five times); None where that kernel is not
     built, or when a logit is NaN (PyTorch's ranking of NaN is kept)."""
-    lib = _decode_library()
+    lib = native.library("decode")
     if lib is None or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.dim() != 2:
         return None
     n, v = logits.shape
@@ -234,13 +223,9 @@ def logz_and_topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor] | Non
 def pack_fp32(weight: Tensor) -> Tensor:
     """W (N, K) as the seq2seq kernel reads it: blocks of 16 outputs, w[n/16][k][16], N padded by zeros."""
     n, k = weight.shape
-    padded = torch.zeros(-(-n // 16) * 16, k)
+    padded = torch.zeros(native.round16(n), k)
     padded[:n] = weight.detach().float()
     return padded.view(-1, 16, k).transpose(1, 2).contiguous()
-
-
-def _pad16(v: Tensor) -> Tensor:
-    return F.pad(v.detach().float(), (0, -v.numel() % 16))
 
 
 class Seq2SeqDecoder:
@@ -252,7 +237,7 @@ class Seq2SeqDecoder:
     def __init__(self, model: Seq2Seq):
         # the parts a step runs in PyTorch, not the model: the cache of these is keyed weakly on it
         self.config, self.embed, self.norm = model.config, model.dec_emb, model.dec_norm
-        self.lib = _decode_library()
+        self.lib = native.library("decode")
         c = model.config
         self.activation = _ACTIVATION_CODES[c.activation]
         self.keep: list[Tensor] = []
@@ -260,9 +245,9 @@ class Seq2SeqDecoder:
         for block in model.decoder:
             pointers = []
             for layer in (block.attn.qkv, block.attn.proj, block.cross_attn.q, block.cross_attn.proj):
-                pointers += self._held(pack_fp32(layer.weight), _pad16(layer.bias))
-            pointers += self._held(pack_fp32(block.mlp.fc.weight), _pad16(block.mlp.fc.bias))
-            pointers += self._held(pack_fp32(block.mlp.proj.weight), _pad16(block.mlp.proj.bias))
+                pointers += self._held(pack_fp32(layer.weight), native.pad16(layer.bias))
+            pointers += self._held(pack_fp32(block.mlp.fc.weight), native.pad16(block.mlp.fc.bias))
+            pointers += self._held(pack_fp32(block.mlp.proj.weight), native.pad16(block.mlp.proj.bias))
             for norm in (block.attn_norm, block.cross_norm, block.mlp_norm):
                 pointers += self._held(norm.weight.detach().contiguous(), norm.bias.detach().contiguous())
             self.layers.append(pointers)
@@ -321,14 +306,14 @@ def seq2seq_decoder(model: nn.Module, cache: KVCache) -> Seq2SeqDecoder | None:
     """The native decode step for an encoder-decoder and its self-attention ``cache``, or None: not a
     ``Seq2Seq`` in fp32 on a CPU, in training, with hooks, a cache of another layout, or no kernel for
     this CPU."""
-    if not isinstance(model, Seq2Seq) or model.training or _decode_library() is None:
+    if not isinstance(model, Seq2Seq) or model.training or native.library("decode") is None:
         return None
     c = model.config
     if c.activation not in _ACTIVATION_CODES:
         return None
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         return None
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if has_hooks(model):
         return None
     if not all(_plain_decoder_block(block) for block in model.decoder):
         return None  # quantized or LoRA layers, norms without affine parameters: PyTorch's step

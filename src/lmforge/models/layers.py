@@ -7,8 +7,6 @@ Boolean masks are ``True`` where attention is allowed.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -175,28 +173,17 @@ class KVCache:
         return self.k[layer, :, :, : self.length], self.v[layer, :, :, : self.length]
 
 
-@functools.cache
-def _copy_rows_kernel() -> Callable | None:
-    lib = native.library("decode")
-    if lib is None:
-        return None
-    c, p = ctypes.c_long, ctypes.c_void_p
-    lib.lmforge_copy_rows.argtypes = [p, p, c, c, c, c, c, c, p, p, c, ctypes.c_int]
-    lib.lmforge_copy_rows.restype = None
-    return lib.lmforge_copy_rows
-
-
 def _copy_rows_natively(cache: KVCache, src: Tensor, dst: Tensor) -> bool:
     """``KVCache.copy_rows`` in C when the cache is fp32 and contiguous on a CPU; whether it ran."""
     k, v = cache.k, cache.v
     if k.device.type != "cpu" or k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()):
         return False
-    copy = _copy_rows_kernel()
-    if copy is None:
+    lib = native.library("decode")
+    if lib is None:
         return False
     src, dst = src.to(torch.int64).contiguous(), dst.to(torch.int64).contiguous()
     layers, rows, heads, max_len, d = k.shape
-    copy(
+    lib.lmforge_copy_rows(
         k.data_ptr(), v.data_ptr(), layers, rows, heads, max_len, d, cache.length,
         src.data_ptr(), dst.data_ptr(), src.numel(), torch.get_num_threads(),
     )  # fmt: skip

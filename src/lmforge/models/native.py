@@ -7,6 +7,7 @@ processes may build it at once). It shares PyTorch's OpenMP runtime (same soname
 threads are PyTorch's. Nothing is required: without a compiler, on another OS or CPU, when the build
 fails (a kernel refuses to compile without the instructions it needs) or with ``LMFORGE_NATIVE=0``,
 ``library`` returns None and callers keep PyTorch's path; ``lmforge.models.native`` logs why once.
+Every exported function's C signature is declared once, in ``SIGNATURES``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,35 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch.nn.functional as F
+from torch import Tensor
+
 log = logging.getLogger("lmforge.native")
 
 SOURCES = Path(__file__).with_name("kernels")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+_L, _P, _I, _F = ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+# every function the kernels export: (argument types, result type), set on each library as it loads
+SIGNATURES = {
+    "lmforge_int8_linear": ([_P, _I, _L, _L, _L, _P, _P, _P, _P, _P, _L, _I], _I),
+    "lmforge_int8_decode": ([_L, _L, _L, _L, _L, _L, _L, _F, _P, _P, _P, _P, _P, _P, _P, _L, _L, _I], _I),
+    "lmforge_seq2seq_decode": (
+        [_L, _L, _L, _L, _L, _F, _I, _I, _P, _P, _L, _P, _P, _L, _L, _L, _L, _P, _I],
+        _I,
+    ),
+    "lmforge_logz_topk": ([_P, _L, _L, _L, _P, _P, _P, _I], _I),
+    "lmforge_copy_rows": ([_P, _P, _L, _L, _L, _L, _L, _L, _P, _P, _L, _I], None),
+}
+
+
+def round16(n: int) -> int:
+    """n rounded up to a multiple of 16: the kernels work on blocks of 16 outputs (one AVX-512 vector)."""
+    return -(-n // 16) * 16
+
+
+def pad16(v: Tensor) -> Tensor:
+    """A vector as fp32, padded by zeros to ``round16`` of its length (scales, biases of a block layout)."""
+    return F.pad(v.detach().float(), (0, round16(v.numel()) - v.numel()))
 
 
 def cache_dir() -> Path:
@@ -96,7 +122,11 @@ def library(name: str) -> ctypes.CDLL | None:
     if os.environ.get("LMFORGE_NATIVE", "1") == "0":
         return None
     try:
-        return ctypes.CDLL(str(_build(name)))
+        lib = ctypes.CDLL(str(_build(name)))
     except (OSError, subprocess.SubprocessError) as e:
         log.info("native kernel %s unavailable, using PyTorch's: %s", name, e)
         return None
+    for function, (arguments, result) in SIGNATURES.items():
+        if hasattr(lib, function):
+            getattr(lib, function).argtypes, getattr(lib, function).restype = arguments, result
+    return lib

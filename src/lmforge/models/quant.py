@@ -28,7 +28,6 @@ and its errors go straight into the logits.
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -232,32 +231,20 @@ def stamp(t: Tensor | None) -> tuple | None:
     return t.data_ptr(), t.dtype, 0 if t.is_inference() else t._version
 
 
-def _padded(n: int) -> int:
-    return -(-n // 16) * 16
-
-
 def pack_vnni(q: Tensor) -> tuple[Tensor, Tensor]:
     """int8 q (N, K) in the VNNI kernel's layout, blocks of 16 outputs x 4 inputs
     ([N/16][K/4][16][4], both padded by zeros to multiples of 16), and 128 sum_k q_nk per output."""
     n, k = q.shape
-    padded = torch.zeros(_padded(n), _padded(k), dtype=torch.int8)
+    padded = torch.zeros(native.round16(n), native.round16(k), dtype=torch.int8)
     padded[:n, :k] = q
     offset = padded.sum(dim=1, dtype=torch.int32) * 128
     return padded.view(-1, 16, padded.size(1) // 4, 4).transpose(1, 2).contiguous(), offset
 
 
-@functools.cache
 def native_int8() -> ctypes.CDLL | None:
     """lmforge's int8 kernels for this CPU (``kernels/int8.c``: ``lmforge_int8_linear`` and the decode
     step ``lmforge_int8_decode``), or None where they cannot be built."""
-    lib = native.library("int8")
-    if lib is None:
-        return None
-    c, p, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
-    lib.lmforge_int8_linear.argtypes = [p, i, c, c, c, p, p, p, p, p, c, i]
-    lib.lmforge_int8_decode.argtypes = [c, c, c, c, c, c, c, ctypes.c_float, p, p, p, p, p, p, p, c, c, i]
-    lib.lmforge_int8_linear.restype = lib.lmforge_int8_decode.restype = i
-    return lib
+    return native.library("int8")
 
 
 def native_int8_linear(x: Tensor, packed: tuple[Tensor, ...], out_features: int) -> Tensor | None:
@@ -307,7 +294,7 @@ class Int8Linear(nn.Module):
         key = (stamp(self.qweight), stamp(self.scale), stamp(bias))
         if self._kernel is None or self._kernel[0] != key:
             w, offset = pack_vnni(self.qweight)
-            pad = lambda v: F.pad(v.detach().float(), (0, offset.numel() - v.numel()))  # noqa: E731
+            pad = native.pad16
             self._kernel = (key, (w, offset, pad(self.scale), None if bias is None else pad(bias)))
         return self._kernel[1]
 

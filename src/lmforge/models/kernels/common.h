@@ -2,6 +2,34 @@
 #ifndef LMFORGE_COMMON_H
 #define LMFORGE_COMMON_H
 #include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+/* the lanes of the 16 values from j on that lie below n */
+static inline __mmask16 tail(long n, long j) { return (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1); }
+
+/* e^x, 16 at a time: x = n ln2 + r (|r| <= ln2 / 2), e^r by its Taylor series to r^6 (relative error
+ * below 2e-7, about an ulp), times 2^n */
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln 2, split in two */
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+/* SiLU, 16 at a time: x / (1 + e^-x) */
+static inline __m512 silu16(__m512 x) {
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
 
 /* a . b over n floats, 16 at a time */
 static inline float dot(const float* a, const float* b, long n) {
@@ -11,6 +39,28 @@ static inline float dot(const float* a, const float* b, long n) {
   float sum = _mm512_reduce_add_ps(acc);
   for (; e < n; e++) sum += a[e] * b[e];
   return sum;
+}
+
+/* o (D) = softmax(q k^T / sqrt(D)) v over the keys t < len whose valid[t] (NULL: all), keys and values
+ * (len, D) with row stride D; s: len floats of scratch. A query with no valid key sees them all (as
+ * lmforge.models.layers.attention_mask). */
+static void attend(const float* q, const float* keys, const float* values, const uint8_t* valid, long len, long d,
+                   float scale, float* s, float* o) {
+  int any = 0;
+  for (long t = 0; t < len && !any; t++) any = !valid || valid[t];
+  float top = -INFINITY;
+  for (long t = 0; t < len; t++) {
+    s[t] = (any && valid && !valid[t]) ? -INFINITY : dot(q, keys + t * d, d) * scale;
+    top = s[t] > top ? s[t] : top;
+  }
+  float total = 0;
+  for (long t = 0; t < len; t++) total += (s[t] = s[t] == -INFINITY ? 0.f : expf(s[t] - top));
+  for (long e = 0; e < d; e++) o[e] = 0;
+  for (long t = 0; t < len; t++) {
+    if (s[t] == 0.f) continue;
+    float w = s[t] / total;
+    for (long e = 0; e < d; e++) o[e] += w * values[t * d + e];
+  }
 }
 
 #endif

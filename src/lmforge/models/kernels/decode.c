@@ -63,8 +63,6 @@ static void linear(const float* x, long m, long k, const float* w, const float* 
   }
 }
 
-static inline __mmask16 tail(long n, long j) { return (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1); }
-
 /* y = (x - mean) / sqrt(var + eps) * g + b, row by row (two passes, 16 partial sums per pass) */
 static void layer_norm(float* x, const float* g, const float* b, float eps, long m, long d, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -89,24 +87,6 @@ static void layer_norm(float* x, const float* g, const float* b, float eps, long
   }
 }
 
-/* e^x, 16 at a time: x = n ln2 + r (|r| <= ln2 / 2), e^r by its Taylor series to r^6 (relative error
- * below 2e-7, about an ulp), times 2^n */
-static inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x); /* ln 2, split in two */
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
-
 enum { RELU = 0, GELU = 1, GELU_TANH = 2, SILU = 3 };
 
 /* the activation of m rows of n values */
@@ -120,8 +100,8 @@ static void activate(float* x, long m, long n, int kind, int threads) {
         __m512 v = _mm512_maskz_loadu_ps(k, xi + j);
         if (kind == RELU)
           v = _mm512_max_ps(v, _mm512_setzero_ps());
-        else /* x / (1 + e^-x) */
-          v = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        else
+          v = silu16(v);
         _mm512_mask_storeu_ps(xi + j, k, v);
       }
     } else {
@@ -131,28 +111,6 @@ static void activate(float* x, long m, long n, int kind, int threads) {
                              : 0.5f * v * (1.f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
       }
     }
-  }
-}
-
-/* o (D) = softmax(q k^T / sqrt(D)) v over the keys t < len whose valid[t] (NULL: all), keys and values
- * (len, D) with row stride D; s: len floats of scratch. A query with no valid key sees them all (as
- * lmforge.models.layers.attention_mask). */
-static void attend(const float* q, const float* keys, const float* values, const uint8_t* valid, long len, long d,
-                   float scale, float* s, float* o) {
-  int any = 0;
-  for (long t = 0; t < len && !any; t++) any = !valid || valid[t];
-  float top = -INFINITY;
-  for (long t = 0; t < len; t++) {
-    s[t] = (any && valid && !valid[t]) ? -INFINITY : dot(q, keys + t * d, d) * scale;
-    top = s[t] > top ? s[t] : top;
-  }
-  float total = 0;
-  for (long t = 0; t < len; t++) total += (s[t] = s[t] == -INFINITY ? 0.f : expf(s[t] - top));
-  for (long e = 0; e < d; e++) o[e] = 0;
-  for (long t = 0; t < len; t++) {
-    if (s[t] == 0.f) continue;
-    float w = s[t] / total;
-    for (long e = 0; e < d; e++) o[e] += w * values[t * d + e];
   }
 }
 

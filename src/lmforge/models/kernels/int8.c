@@ -218,33 +218,21 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
     for (long i = 0; i < m; i++) {
       for (long j = 0; j < n_head; j++) { /* softmax(q k^T / sqrt(D)) v over positions 0..pos */
         long pos = positions[i];
-        const float* q = qkv + i * qkv_n + j * head_dim;
         const float* keys = k_cache + l * layer_stride + i * row_stride + (j / rep) * max_len * head_dim;
         const float* values = v_cache + l * layer_stride + i * row_stride + (j / rep) * max_len * head_dim;
-        float* s = scores + (i * n_head + j) * (max_pos + 1);
-        float top = -INFINITY;
-        for (long t = 0; t <= pos; t++) {
-          s[t] = dot(q, keys + t * head_dim, head_dim) * scale;
-          top = s[t] > top ? s[t] : top;
-        }
-        float total = 0;
-        for (long t = 0; t <= pos; t++) total += (s[t] = expf(s[t] - top));
-        float* o = att + i * hd + j * head_dim;
-        for (long e = 0; e < head_dim; e++) o[e] = 0;
-        for (long t = 0; t <= pos; t++) {
-          float wt = s[t] / total;
-          for (long e = 0; e < head_dim; e++) o[e] += wt * values[t * head_dim + e];
-        }
+        attend(qkv + i * qkv_n + j * head_dim, keys, values, NULL, pos + 1, head_dim, scale,
+               scores + (i * n_head + j) * (max_pos + 1), att + i * hd + j * head_dim);
       }
     }
     if ((status = layer_linear(att, m, hd, p + 5, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
     rms_norm(x, (const float*)p[9], eps, m, d_model, h);
     if ((status = layer_linear(h, m, d_model, p + 10, gu, 2 * d_ff, threads))) break;
-    for (long i = 0; i < m; i++)
-      for (long j = 0; j < d_ff; j++) {
-        float g = gu[i * 2 * d_ff + j], u = gu[i * 2 * d_ff + d_ff + j];
-        act[i * d_ff + j] = g / (1.f + expf(-g)) * u;
+    for (long i = 0; i < m; i++) /* SiLU(gate) * up */
+      for (long j = 0; j < d_ff; j += 16) {
+        __mmask16 k = tail(d_ff, j);
+        __m512 g = _mm512_maskz_loadu_ps(k, gu + i * 2 * d_ff + j), u = _mm512_maskz_loadu_ps(k, gu + i * 2 * d_ff + d_ff + j);
+        _mm512_mask_storeu_ps(act + i * d_ff + j, k, _mm512_mul_ps(silu16(g), u));
       }
     if ((status = layer_linear(act, m, d_ff, p + 14, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
