@@ -13,6 +13,7 @@ percentile of |difference|), the acc and acc_norm decisions, and the final figur
 float32 log-likelihoods are then compared with those exact ones.
 
     python benchmarks/harness_check.py [--model DIR] [--limit 100] [--repeats 3] [--batch-size 16]
+        [--matmul auto,bf16x3] [--dtypes float32,float64]
 """
 
 from __future__ import annotations
@@ -168,9 +169,9 @@ def lmforge_model(path: str | None) -> Path:
 
 
 def run(args: argparse.Namespace, model: Path, work: Path, dtype: str, logliks: dict) -> dict:
-    """Both tools on the same items in ``dtype``, alternating (float64, a check of exactness, runs
-    once); the comparison and the wall times. Every choice's log-likelihood goes into
-    ``logliks[dtype][tool]``."""
+    """The harness and lmforge (each ``--matmul`` setting) on the same items in ``dtype``, alternating
+    (float64, a check of exactness, runs once, with lmforge's first setting); the comparisons and the
+    wall times. Every choice's log-likelihood goes into ``logliks[dtype][tool]``."""
     from lmforge.evaluate.zeroshot import TASKS as READERS
 
     tasks, data = args.tasks.split(","), Path(args.data)
@@ -182,39 +183,48 @@ def run(args: argparse.Namespace, model: Path, work: Path, dtype: str, logliks: 
         "--limit", str(args.limit), "--batch_size", args.batch_size,
         "--log_samples", "--output_path", str(work / "harness"),
     ]  # fmt: skip
-    ours_cmd = [
+    settings = args.matmul.split(",")[: 1 if dtype == "float64" else None]
+    suite = [
         *LMFORGE, "eval", "suite", str(model), "--data", str(data), "--tasks", ",".join(tasks),
-        "--limit", str(args.limit), "--out", str(work / "lmforge"), "--device", "cpu", f"dtype={dtype}",
+        "--limit", str(args.limit), "--device", "cpu", f"dtype={dtype}",
     ]  # fmt: skip
-    times: dict[str, list[float]] = {"harness": [], "lmforge": []}
+    out = {m: str(work / f"lmforge-{m}") for m in settings}
+    ours = {f"lmforge matmul={m}": [*suite, f"matmul={m}", "--out", out[m]] for m in settings}
+    times: dict[str, list[float]] = {"harness": []} | {name: [] for name in ours}
     for _ in range(1 if dtype == "float64" else args.repeats):  # alternating, each a fresh process
         shutil.rmtree(work / "harness", ignore_errors=True)
         times["harness"].append(timed(harness_cmd, env))
-        times["lmforge"].append(timed(ours_cmd, env))
+        for name, cmd in ours.items():
+            times[name].append(timed(cmd, env))
         last = {k: round(v[-1], 1) for k, v in times.items()}
         print(f"{dtype}: wall s {last}", flush=True)
-    rows = {}
-    logliks[dtype] = {"lmforge": [], "harness": []}
-    for task in tasks:
-        ours = json.loads((work / "lmforge" / f"eval-{task}.json").read_text())
-        lengths = [it.lengths for it in READERS[task](data)[: args.limit]]
-        theirs = harness_figures(work / "harness", task)
-        figures = {k: [ours[k], theirs[k]] for k in ("acc", "acc_norm", "perplexity") if k in ours}
-        theirs_items = harness_items(work / "harness", task)
-        logliks[dtype]["lmforge"] += [x for item in ours["per_item"] for x in item["loglik"]]
-        logliks[dtype]["harness"] += [x[0] for item in theirs_items for x in item]
-        rows[task] = compare(task, ours, theirs_items, lengths) | {"figures": figures}
-    ratio = statistics.median(times["harness"]) / statistics.median(times["lmforge"])
-    head = "same acc / acc_norm   lmforge | harness"
-    print(f"{dtype}\n{'task':<14} {'choices':>7} {'max|Δll|':>9} {'p99.9':>9}  {head}")
-    for task, r in rows.items():
-        same = " / ".join(f"{100 * v:.1f}%" for v in r["same_decision"].values())
-        figs = ", ".join(f"{k} {a:.4f} | {b:.4f}" for k, (a, b) in r["figures"].items())
-        diffs = f"{r['max_abs_diff']:9.2e} {r['p999_abs_diff']:9.2e}"
-        print(f"{task:<14} {r['choices']:>7} {diffs}  {same:<20} {figs}")
-    walls = f"harness {summary(times['harness'])}, lmforge {summary(times['lmforge'])}"
-    print(f"wall time: {walls}: {ratio:.2f}x", flush=True)
-    return {"tasks": rows, "wall_s": {k: summary(v) for k, v in times.items()}, "speedup": round(ratio, 2)}
+    logliks[dtype] = {"harness": []}
+    result = {"wall_s": {k: summary(v) for k, v in times.items()}, "lmforge": {}}
+    for m, name in zip(settings, ours):
+        rows = {}
+        logliks[dtype][name] = []
+        for task in tasks:
+            mine = json.loads((work / f"lmforge-{m}" / f"eval-{task}.json").read_text())
+            lengths = [it.lengths for it in READERS[task](data)[: args.limit]]
+            theirs = harness_figures(work / "harness", task)
+            figures = {k: [mine[k], theirs[k]] for k in ("acc", "acc_norm", "perplexity") if k in mine}
+            theirs_items = harness_items(work / "harness", task)
+            logliks[dtype][name] += [x for item in mine["per_item"] for x in item["loglik"]]
+            if m == settings[0]:
+                logliks[dtype]["harness"] += [x[0] for item in theirs_items for x in item]
+            rows[task] = compare(task, mine, theirs_items, lengths) | {"figures": figures}
+        ratio = statistics.median(times["harness"]) / statistics.median(times[name])
+        head = "same acc / acc_norm   lmforge | harness"
+        print(f"{dtype}, {name}\n{'task':<14} {'choices':>7} {'max|Δll|':>9} {'p99.9':>9}  {head}")
+        for task, r in rows.items():
+            same = " / ".join(f"{100 * v:.1f}%" for v in r["same_decision"].values())
+            figs = ", ".join(f"{k} {a:.4f} | {b:.4f}" for k, (a, b) in r["figures"].items())
+            diffs = f"{r['max_abs_diff']:9.2e} {r['p999_abs_diff']:9.2e}"
+            print(f"{task:<14} {r['choices']:>7} {diffs}  {same:<20} {figs}")
+        walls = f"harness {summary(times['harness'])}, {name} {summary(times[name])}"
+        print(f"wall time: {walls}: {ratio:.2f}x", flush=True)
+        result["lmforge"][name] = {"tasks": rows, "speedup": round(ratio, 2)}
+    return result
 
 
 def main() -> None:
@@ -226,6 +236,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,float64", help="run both tools in each of these")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each tool (float64: one)")
     ap.add_argument("--batch-size", default="16", help="the harness's --batch_size")
+    ap.add_argument("--matmul", default="auto,bf16x3", help="lmforge's settings, comma-separated")
     ap.add_argument("--work", help="where exports, task files and outputs go (default: a temporary folder)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -239,7 +250,7 @@ def main() -> None:
     logliks: dict[str, dict[str, list[float]]] = {}
     runs = {dtype: run(args, model, work, dtype, logliks) for dtype in args.dtypes.split(",")}
     if "float64" in logliks:  # how far each tool's figures are from the exact ones
-        exact = logliks["float64"]["lmforge"]
+        exact = next(v for k, v in logliks["float64"].items() if k != "harness")
         for dtype in set(logliks) - {"float64"}:
             runs[dtype]["max_abs_diff_from_float64"] = far = {
                 tool: max(abs(a - b) for a, b in zip(values, exact))

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import io
 import json
 import math
 import re
-import textwrap
+import sys
 import tokenize
 import types
 import typing
@@ -328,24 +329,36 @@ class ConfigKey:
     help: str
 
 
-def _field_comments(klass: type) -> dict[str, str]:
-    """``{name: text}`` for ``name: type = default  # text`` in the class body; {} without source."""
+@functools.cache
+def _module_source(name: str) -> tuple[dict[str, ast.ClassDef], dict[int, str]] | None:
+    """A module's classes (by name) and its comments (by line), parsed once: ``inspect.getsource`` of
+    a class parses its whole module each time (half a second over the CLI's configs)."""
     try:
-        source = textwrap.dedent(inspect.getsource(klass))
-    except (OSError, TypeError):
-        return {}
+        source = inspect.getsource(sys.modules[name])
+    except (KeyError, OSError, TypeError):
+        return None
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
     comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
-    body = ast.parse(source).body[0]
+    classes = {node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)}
+    return classes, comments
+
+
+def _field_comments(klass: type) -> dict[str, str]:
+    """``{name: text}`` for ``name: type = default  # text`` in the class body; {} without source."""
+    found = _module_source(klass.__module__)
+    if found is None or klass.__name__ not in found[0]:
+        return {}
+    classes, comments = found
     return {
         stmt.target.id: comments[stmt.end_lineno]
-        for stmt in getattr(body, "body", [])
+        for stmt in classes[klass.__name__].body
         if isinstance(stmt, ast.AnnAssign)
         and isinstance(stmt.target, ast.Name)
         and stmt.end_lineno in comments
     }
 
 
+@functools.cache
 def field_help(cls: type) -> dict[str, str]:
     """Each field's help: its ``metadata["help"]``, else its source comment (base classes too)."""
     comments: dict[str, str] = {}

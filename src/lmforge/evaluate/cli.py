@@ -4,6 +4,7 @@ entities, extractive QA, translation, summarization)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from lmforge.config import Flag, add_config_arguments, config_from_args
@@ -195,6 +196,7 @@ def run_suite(args: argparse.Namespace) -> int:
     from lmforge.evaluate.perplexity import load_for_eval
     from lmforge.evaluate.wikitext import run_wikitext
     from lmforge.evaluate.zeroshot import format_table, run_task, write_suite
+    from lmforge.models.amx import fp32_on_amx
 
     cfg = config_from_args(SuiteConfig, args)
     model, _, tokenizer = load_for_eval(args.model, cfg.device)
@@ -202,7 +204,11 @@ def run_suite(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise LmforgeError(f"{args.model}: no tokenizer found beside the model")
     results = []
-    with heap_allocator():  # each batch's activations reuse the last one's pages
+    precision = "bf16x6" if cfg.matmul == "auto" else cfg.matmul
+    amx = fp32_on_amx(model, precision) if precision != "fp32" else contextlib.nullcontext(False)
+    with heap_allocator(), amx as on_amx:  # each batch's activations reuse the last one's pages
+        if cfg.matmul not in ("auto", "fp32") and not on_amx:
+            print(f"matmul={cfg.matmul}: no AMX on this CPU; PyTorch's fp32 matmul runs")
         for task in cfg.task_list:
             if task == "wikitext":
                 path = cfg.wikitext or Path(cfg.data) / "wikitext2" / "wiki.test.raw"

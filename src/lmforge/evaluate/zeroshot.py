@@ -229,6 +229,7 @@ class SuiteConfig:
     out: str | None = None  # where the reports go; default: beside the model folder
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"  # auto: bf16 on CUDA
+    matmul: Literal["auto", "fp32", "bf16x6", "bf16x3"] = "auto"  # fp32 matmuls on AMX: bf16x6 (auto), bf16x3
 
     def __post_init__(self) -> None:
         require(self, "data")
