@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lmforge.infer.cpu import logz_and_topk
 from lmforge.models.losses import CHUNK_LOGITS
 from lmforge.tokenizer.core import Tokenizer
 
@@ -184,11 +185,15 @@ def _score_rows(model: nn.Module, rows: list[list[_Tree]]) -> list[tuple[_Tree, 
         logits = wide(model.lm_head(hidden[i : i + step]))
         t = target_t[i : i + step, None]
         picked = logits.gather(1, t)
-        top, greedy = logits.max(dim=-1, keepdim=True)  # the argmax too, in the same pass
-        top.masked_fill_(top.isinf(), 0.0)  # as torch.logsumexp: a row of -inf gives -inf, not NaN
-        # log Z = max + log sum exp(logit - max), torch.logsumexp's steps, in place: a chunk's logits
-        # are tens of MB, and a new tensor of that size per step costs more than the arithmetic
-        log_z = logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+        found = logz_and_topk(logits, 1)  # log Z and the argmax in one pass of lmforge's C kernel
+        if found is not None:
+            log_z, _, greedy = found
+        else:
+            top, greedy = logits.max(dim=-1, keepdim=True)  # the argmax too, in the same pass
+            top.masked_fill_(top.isinf(), 0.0)  # as torch.logsumexp: a row of -inf gives -inf, not NaN
+            # log Z = max + log sum exp(logit - max), torch.logsumexp's steps, in place: a chunk's
+            # logits are tens of MB, and a new tensor of that size per step costs more than the arithmetic
+            log_z = logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
         logp[i : i + step] = (picked - log_z)[:, 0]
         best[i : i + step] = greedy[:, 0] == t[:, 0]
     owner = torch.tensor(request, device=device)

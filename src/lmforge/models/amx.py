@@ -49,7 +49,8 @@ def pack(weight: Tensor, terms: int) -> Tensor:
     n, k = weight.shape
     out = torch.empty(_round32(n) * _round32(k) * terms, dtype=torch.int16)
     w = weight.detach().contiguous()
-    _amx().lmforge_amx_pack(w.data_ptr(), n, k, terms, out.data_ptr(), torch.get_num_threads())
+    if not _amx().lmforge_amx_pack(w.data_ptr(), n, k, terms, out.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("lmforge_amx_pack: out of memory")
     return out
 
 
@@ -58,8 +59,7 @@ def linear(x: Tensor, packed: Tensor, terms: int, n: int, bias: Tensor | None) -
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     m, k = rows.shape
     y = torch.empty(m, n, dtype=torch.float32)
-    edges = 2 * 1024 * (_round32(m) + _round32(n)) // 32  # fp32 blocks past y's edges, as int16s
-    work = torch.empty(terms * _round32(m) * _round32(k) + edges, dtype=torch.int16)
+    work = torch.empty(terms * _round32(m) * _round32(k), dtype=torch.int16)  # x's terms (64-byte aligned)
     b = bias.detach().contiguous() if bias is not None else None
     _amx().lmforge_amx_linear(
         rows.data_ptr(), m, k, packed.data_ptr(), n, terms, b.data_ptr() if b is not None else None,

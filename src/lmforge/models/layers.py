@@ -37,8 +37,10 @@ def scaled_dot_product_attention(
     mask: Tensor | None = None,
     is_causal: bool = False,
     dropout_p: float = 0.0,
+    grouped: bool = False,
 ) -> Tensor:
-    """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient)."""
+    """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient);
+    ``grouped``: k and v have fewer heads than q, each serving a group of query heads (no copies)."""
     if _slow_bf16_backward(q):
         if mask is not None and mask.is_floating_point():
             mask = mask.float()
@@ -47,7 +49,9 @@ def scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p
             )
         return out.to(torch.bfloat16)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=grouped
+    )
 
 
 def _slow_bf16_backward(q: Tensor) -> bool:
@@ -65,6 +69,17 @@ def _slow_bf16_backward(q: Tensor) -> bool:
         return False
     t, d = q.size(-2), q.size(-1)
     return t < 256 or (d < 64 and t < 1024)
+
+
+def fused_kernels(*tensors: Tensor):
+    """The one-pass element-wise layers (``kernels/fused.c``: RMSNorm, rotary positions, SiLU(gate) ⊙ up)
+    for fp32 tensors on the CPU when no gradient is recorded; None otherwise (or without the native
+    build, or while ``torch.compile`` traces: its graph fuses them itself), and PyTorch's operations run."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return None
+    return native.library("fused")
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -235,11 +250,13 @@ def multi_head_attention(
     """
     b, h, t, d = q.shape
     s = k.size(2)
-    k, v = repeat_kv(k, h // k.size(1)), repeat_kv(v, h // v.size(1))
+    grouped = not torch.is_grad_enabled() and k.size(1) < h  # the kernel reads each K/V head for its group
+    if not grouped:
+        k, v = repeat_kv(k, h // k.size(1)), repeat_kv(v, h // v.size(1))
     is_causal = causal and mask is None and t > 1  # one query, the last key: it sees them all
     if is_causal and t < s:  # the fused kernels' causal mode aligns queries with the first keys
         mask, is_causal = causal_mask(t, s, s - t, q.device), False
-    y = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p)
+    y = scaled_dot_product_attention(q, k, v, mask, is_causal, dropout_p, grouped)
     return y.transpose(1, 2).reshape(b, t, h * d)
 
 
@@ -379,6 +396,25 @@ def rotate_half(x: Tensor) -> Tensor:
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x ⊙ cos + rotate_half(x) ⊙ sin: the 2-D rotation applied to every pair of channels."""
+    lib = fused_kernels(x, cos, sin)
+    if lib is not None and x.dim() == 4 and x.stride(-1) == 1:
+        b, h, t, d = x.shape
+        if cos.shape == sin.shape == (b, 1, t, d) and cos.is_contiguous() and sin.is_contiguous():
+            y = torch.empty(b, h, t, d)
+            strides = x.stride()[:3]
+            lib.lmforge_rotary(
+                x.data_ptr(),
+                b,
+                h,
+                t,
+                d,
+                *strides,
+                cos.data_ptr(),
+                sin.data_ptr(),
+                y.data_ptr(),
+                torch.get_num_threads(),
+            )
+            return y
     return x * cos + rotate_half(x) * sin
 
 
@@ -422,6 +458,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        lib = fused_kernels(x, self.weight)
+        if lib is not None and x.is_contiguous():
+            y, d = torch.empty_like(x), x.size(-1)
+            threads = torch.get_num_threads()
+            lib.lmforge_rms_norm(
+                x.data_ptr(), x.numel() // d, d, self.weight.data_ptr(), self.eps, y.data_ptr(), threads
+            )
+            return y
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -477,7 +521,16 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        lib = fused_kernels(gate_up)
+        if lib is not None and gate_up.is_contiguous():
+            f = gate_up.size(-1) // 2
+            act = torch.empty(*gate_up.shape[:-1], f)
+            lib.lmforge_silu_mul(
+                gate_up.data_ptr(), gate_up.numel() // (2 * f), f, act.data_ptr(), torch.get_num_threads()
+            )
+            return self.proj(act)
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.proj(F.silu(gate) * up)
 
 

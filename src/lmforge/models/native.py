@@ -42,8 +42,11 @@ SIGNATURES = {
     ),
     "lmforge_logz_topk": ([_P, _L, _L, _L, _P, _P, _P, _I], _I),
     "lmforge_copy_rows": ([_P, _P, _L, _L, _L, _L, _L, _L, _P, _P, _L, _I], None),
+    "lmforge_rms_norm": ([_P, _L, _L, _P, _F, _P, _I], None),
+    "lmforge_silu_mul": ([_P, _L, _L, _P, _I], None),
+    "lmforge_rotary": ([_P, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _I], None),
     "lmforge_amx_init": ([], _I),
-    "lmforge_amx_pack": ([_P, _L, _L, _I, _P, _I], None),
+    "lmforge_amx_pack": ([_P, _L, _L, _I, _P, _I], _I),
     "lmforge_amx_linear": ([_P, _L, _L, _P, _L, _I, _P, _P, _P, _I], None),
 }
 

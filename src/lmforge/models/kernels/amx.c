@@ -13,12 +13,13 @@
  *
  * Layouts: x (m, k) and y (m, n) row-major fp32; the weights are split and laid out once
  * (lmforge_amx_pack) as AMX's B tiles, w[n/16][k/32][term][k%32/2][n%16][k%2] in bf16, n padded to a
- * multiple of 32 and k to a multiple of 32 by zeros; x's terms are laid out per call as A tiles. A thread
- * takes a task of MC x NC blocks of 32 x 32 outputs, each block four accumulator tiles over all of k.
+ * multiple of 32 and k to a multiple of 32 by zeros; x's terms are laid out per call as A tiles,
+ * a[m/16][k/32][term][m%16][k%32]. A thread takes a task of MC x NC blocks of 32 x 32 outputs (their
+ * weights and x's rows stay in L2), each block four accumulator tiles over all of k.
  * bf16x3 (two terms: x0 w0 + x0 w1 + x1 w0, 2^-16 of |x w|) is the same code with `terms` = 2.
  *
- * Measured (2-core Xeon with AMX, 4096 x 576 x 1536): bf16 tiles ~1.4 TFLOP/s a core (PyTorch's bf16
- * matmul the same), so bf16x6 ~1.2-1.4x PyTorch's fp32 and bf16x3 ~2x.
+ * Measured (2-core Xeon with AMX, two threads, 4096 rows): the tiles run at ~3.1 TFLOP/s for k = 576 and
+ * ~2.5 for k = 1536 (PyTorch's bf16 matmul ~3), of a peak of ~7.4; PyTorch's fp32 at ~0.3-0.4.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -60,7 +61,8 @@ static inline __m512 widen(__m256bh h) {
 }
 
 /* v (k floats; NULL: zeros) as `terms` bf16 terms, v = t0 + t1 + ..., `stride` apart; value i of a term
- * goes to out[(i / 32) * step + i % 32] (step 32: a plain row; TILE: a row of AMX tiles) */
+ * goes to out[(i / 32) * step + i % 32] (a plain row: stride kp, step 32; a row of x's tiles: stride TILE,
+ * step terms * TILE) */
 static void split(const float* v, long k, long kp, int terms, uint16_t* out, long stride, long step) {
   for (long i = 0; i < kp; i += 16) {
     __m512 r = _mm512_maskz_loadu_ps(v && i < k ? tail(k, i) : 0, v ? v + i : NULL);
@@ -73,60 +75,73 @@ static void split(const float* v, long k, long kp, int terms, uint16_t* out, lon
   }
 }
 
-/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values */
-void lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, int threads) {
+/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values; 0 when out of memory */
+int lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, int threads) {
   long kp = round32(k), np = round32(n), kb = kp / 32;
+  int ok = 1;
 #pragma omp parallel num_threads(threads)
   {
     uint16_t* row = malloc(sizeof(uint16_t) * terms * kp);
+    if (row == NULL) ok = 0;
 #pragma omp for schedule(static)
     for (long j = 0; j < np; j++) {
-      if (row == NULL) continue; /* out of memory: the caller checks the packing's first values */
+      if (row == NULL) continue;
       split(j < n ? w + j * k : NULL, k, kp, terms, row, kp, 32);
-      uint16_t* base = out + (j / 16) * kb * terms * TILE + (j % 16) * 2;
-      for (long i = 0; i < kp; i++)
-        for (int t = 0; t < terms; t++)
-          base[((i / 32) * terms + t) * TILE + (i % 32 / 2) * 32 + (i % 2)] = row[t * kp + i];
+      uint32_t* base = (uint32_t*)(out + (j / 16) * kb * terms * TILE + (j % 16) * 2);
+      for (int t = 0; t < terms; t++) /* a tile row holds 16 columns' pairs of inputs (2i, 2i + 1) */
+        for (long i = 0; i < kp; i += 2)
+          base[((i / 32) * terms + t) * (TILE / 2) + (i % 32 / 2) * 16] =
+              row[t * kp + i] | (uint32_t)row[t * kp + i + 1] << 16;
     }
     free(row);
   }
+  return ok;
 }
 
-/* the 32 x 32 block of outputs at c (ldc floats a row) = x's 32 rows times w's 32 columns: a = the rows'
- * terms as tiles (`stride` between terms), b = the first of the columns' two 16-column strips of w */
-static void block(const uint16_t* a, long kp, long stride, const uint16_t* b, long kb, int terms, float* c,
-                  long ldc) {
+/* the 32 x 32 block of outputs at c (ldc floats a row) = 32 rows of x times 32 columns of w: a = the rows'
+ * terms as tiles, b = the first of the columns' two 16-column strips of w. The products run pair by pair
+ * (x's term s, w's term t), for each 32 inputs; a tile is loaded for the next pair as soon as this pair's
+ * last product that reads it has started, so the loads overlap the products (no tile is renamed) */
+static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int terms, float* c, long ldc) {
+  int ps[6], pt[6], pairs = 0;
+  for (int t = 0; t < terms; t++) /* w's term t meets x's terms 0 .. terms-1-t */
+    for (int s = 0; s < terms - t; s++) ps[pairs] = s, pt[pairs] = t, pairs++;
+  const uint16_t* a2 = a + 16 * kp * terms; /* the second 16 rows */
+  const uint16_t* b2 = b + kb * terms * TILE; /* the second 16 columns */
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-  const uint16_t* b2 = b + kb * terms * TILE; /* the second strip */
-  for (long i = 0; i < kb; i++) {
-    for (int t = 0; t < terms; t++) { /* w's term t meets x's terms 0 .. terms-1-t */
-      _tile_loadd(6, b + (i * terms + t) * TILE, 64);
-      _tile_loadd(7, b2 + (i * terms + t) * TILE, 64);
-      for (int s = 0; s < terms - t; s++) {
-        _tile_loadd(4, a + s * stride + i * TILE, 64);
-        _tile_loadd(5, a + s * stride + 16 * kp + i * TILE, 64);
-        _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
-      }
-    }
+  _tile_loadd(4, a + ps[0] * TILE, 64); _tile_loadd(5, a2 + ps[0] * TILE, 64);
+  _tile_loadd(6, b + pt[0] * TILE, 64); _tile_loadd(7, b2 + pt[0] * TILE, 64);
+  for (long n = 1; n <= kb * pairs; n++) { /* step n - 1 computes; step n's tiles load */
+    long i = n / pairs, p = n % pairs, more = n < kb * pairs;
+    int new_b = more && (p == 0 || pt[p] != pt[p - 1]);
+    long at = (i * terms + ps[p]) * TILE, bt = (i * terms + pt[p]) * TILE;
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(2, 5, 6);
+    if (new_b) _tile_loadd(6, b + bt, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    if (more) _tile_loadd(4, a + at, 64);
+    _tile_dpbf16ps(3, 5, 7);
+    if (more) _tile_loadd(5, a2 + at, 64);
+    if (new_b) _tile_loadd(7, b2 + bt, 64);
   }
   _tile_stored(0, c, ldc * 4); _tile_stored(1, c + 16, ldc * 4);
   _tile_stored(2, c + 16 * ldc, ldc * 4); _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
 }
 
 /* y (m, n) = x (m, k) w^T + bias (bias may be NULL), w as lmforge_amx_pack laid it out with `terms`;
- * work: room for x's terms (terms * round32(m) * round32(k) bf16) then 32 x 32 floats for each of the
- * round32(m) / 32 + round32(n) / 32 blocks that reach past y's last row or column */
+ * a: room for x's terms, terms * round32(m) * round32(k) bf16 values, 64-byte aligned (as w: a tile row
+ * that straddles two cache lines costs two) */
 void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long n, int terms, const float* bias,
-                        float* y, uint16_t* work, int threads) {
+                        float* y, uint16_t* a, int threads) {
   long kp = round32(k), mp = round32(m), kb = kp / 32, mb = mp / 32, nb = round32(n) / 32;
-  long stride = mp * kp, tasks_n = (nb + NC - 1) / NC, tasks = (mb + MC - 1) / MC * tasks_n;
-  uint16_t* a = work;
-  float* edge = (float*)(work + terms * stride);
+  long tasks_n = (nb + NC - 1) / NC, tasks = (mb + MC - 1) / MC * tasks_n;
 #pragma omp parallel num_threads(threads)
   {
+    float edge[1024] __attribute__((aligned(64))); /* a block that reaches past y's last row or column */
 #pragma omp for schedule(static)
-    for (long r = 0; r < mp; r++)
-      split(r < m ? x + r * k : NULL, k, kp, terms, a + (r / 16) * 16 * kp + (r % 16) * 32, stride, TILE);
+    for (long r = 0; r < mp; r++) /* row r's terms: tiles of 16 rows x 32 inputs, the terms side by side */
+      split(r < m ? x + r * k : NULL, k, kp, terms, a + (r / 16) * 16 * kp * terms + (r % 16) * 32, TILE,
+            terms * TILE);
     configure();
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < tasks; task++) { /* a chunk of rows x a chunk of columns */
@@ -135,10 +150,10 @@ void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long 
       for (long i = i0; i < i1; i++) {
         for (long j = j0; j < j1; j++) {
           int inside = (i + 1) * 32 <= m && (j + 1) * 32 <= n;
-          float* c = inside ? y + i * 32 * n + j * 32 : edge + 1024 * ((i + 1) * 32 > m ? j : nb + i);
-          block(a + i * 32 * kp, kp, stride, w + 2 * j * kb * terms * TILE, kb, terms, c, inside ? n : 32);
+          float* c = inside ? y + i * 32 * n + j * 32 : edge;
+          block(a + i * 32 * kp * terms, kp, w + 2 * j * kb * terms * TILE, kb, terms, c, inside ? n : 32);
           if (inside && !bias) continue;
-          for (long r = 0; r < 32 && i * 32 + r < m; r++) { /* copy out, add the bias */
+          for (long r = 0; r < 32 && i * 32 + r < m; r++) { /* copy out what lies inside y, add the bias */
             float* out = y + (i * 32 + r) * n + j * 32;
             for (long e = 0; e < 32 && j * 32 + e < n; e += 16) {
               __mmask16 lanes = tail(n, j * 32 + e);

@@ -31,6 +31,44 @@ static inline __m512 silu16(__m512 x) {
   return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
+/* one row of y = x / sqrt(mean(x^2) + eps) * g (as lmforge.models.layers.RMSNorm: (x * r) * g), the sum of
+ * squares in double */
+static inline void rms_norm_row(const float* x, const float* g, float eps, long d, float* y) {
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  for (long j = 0; j < d; j += 16) {
+    __m512 v = _mm512_maskz_loadu_ps(tail(d, j), x + j);
+    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    lo = _mm512_fmadd_pd(a, a, lo), hi = _mm512_fmadd_pd(b, b, hi);
+  }
+  __m512 r = _mm512_set1_ps(1.f / sqrtf((float)((_mm512_reduce_add_pd(lo) + _mm512_reduce_add_pd(hi)) / d) + eps));
+  for (long j = 0; j < d; j += 16) {
+    __mmask16 k = tail(d, j);
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), r);
+    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + j), v));
+  }
+}
+
+/* x (D) rotated at one position into y (may be x): (x_i, x_{i+D/2}) -> x ⊙ cos + rotate_half(x) ⊙ sin */
+static inline void rotate(const float* x, const float* cos, const float* sin, long d, float* y) {
+  long h = d / 2;
+  for (long i = 0; i < h; i += 16) {
+    __mmask16 k = tail(h, i);
+    __m512 a = _mm512_maskz_loadu_ps(k, x + i), b = _mm512_maskz_loadu_ps(k, x + h + i);
+    __m512 lo = _mm512_fmsub_ps(a, _mm512_maskz_loadu_ps(k, cos + i), _mm512_mul_ps(b, _mm512_maskz_loadu_ps(k, sin + i)));
+    __m512 up = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(k, cos + h + i), _mm512_mul_ps(a, _mm512_maskz_loadu_ps(k, sin + h + i)));
+    _mm512_mask_storeu_ps(y + i, k, lo), _mm512_mask_storeu_ps(y + h + i, k, up);
+  }
+}
+
+/* one row of SwiGLU's SiLU(gate) ⊙ up, f values each */
+static inline void silu_mul_row(const float* gate, const float* up, long f, float* y) {
+  for (long j = 0; j < f; j += 16) {
+    __mmask16 k = tail(f, j);
+    __m512 g = _mm512_maskz_loadu_ps(k, gate + j), u = _mm512_maskz_loadu_ps(k, up + j);
+    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(silu16(g), u));
+  }
+}
+
 /* a . b over n floats, 16 at a time */
 static inline float dot(const float* a, const float* b, long n) {
   __m512 acc = _mm512_setzero_ps();

@@ -153,27 +153,6 @@ static int layer_linear(const float* x, long m, long k, const int64_t* p, float*
                 (const float*)p[3], y, n, threads);
 }
 
-/* y = x / sqrt(mean(x^2) + eps) * g, row by row (as lmforge.models.layers.RMSNorm: (x * r) * g) */
-static void rms_norm(const float* x, const float* g, float eps, long m, long d, float* y) {
-  for (long i = 0; i < m; i++) {
-    const float* xi = x + i * d;
-    double sq = 0;
-    for (long j = 0; j < d; j++) sq += (double)xi[j] * xi[j];
-    float r = 1.f / sqrtf((float)(sq / d) + eps);
-    for (long j = 0; j < d; j++) y[i * d + j] = g[j] * (xi[j] * r);
-  }
-}
-
-/* x (D) rotated at one position: (x_i, x_{i+D/2}) -> x ⊙ cos + rotate_half(x) ⊙ sin */
-static void rotate(float* x, const float* cos, const float* sin, long d) {
-  long h = d / 2;
-  for (long i = 0; i < h; i++) {
-    float a = x[i], b = x[i + h];
-    x[i] = a * cos[i] - b * sin[i];
-    x[i + h] = b * cos[i + h] + a * sin[i + h];
-  }
-}
-
 /* One decode step of every layer for m rows, each one new token at its own position (its cache
  * length), as lmforge.models.gpt.GPT runs it with pre-norm blocks, RMSNorm, RoPE, grouped-query
  * attention and a SwiGLU MLP whose linear layers are all int8:
@@ -201,13 +180,13 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
   long layer_stride = slots * n_kv_head * max_len * head_dim, row_stride = n_kv_head * max_len * head_dim;
   for (long l = 0; status == 0 && l < n_layer; l++) {
     const int64_t* p = layers + l * LAYER_POINTERS;
-    rms_norm(x, (const float*)p[0], eps, m, d_model, h);
+    for (long i = 0; i < m; i++) rms_norm_row(x + i * d_model, (const float*)p[0], eps, d_model, h + i * d_model);
     if ((status = layer_linear(h, m, d_model, p + 1, qkv, qkv_n, threads))) break;
     for (long i = 0; i < m; i++) { /* rotate q and k, write k and v at the row's position */
       float* qi = qkv + i * qkv_n;
       long pos = positions[i];
       for (long j = 0; j < n_head + n_kv_head; j++)
-        rotate(qi + j * head_dim, cos + pos * head_dim, sin + pos * head_dim, head_dim);
+        rotate(qi + j * head_dim, cos + pos * head_dim, sin + pos * head_dim, head_dim, qi + j * head_dim);
       for (long g = 0; g < n_kv_head; g++) {
         long at = l * layer_stride + i * row_stride + g * max_len * head_dim + pos * head_dim;
         memcpy(k_cache + at, qi + hd + g * head_dim, sizeof(float) * (size_t)head_dim);
@@ -226,14 +205,9 @@ int lmforge_int8_decode(long n_layer, long m, long d_model, long n_head, long n_
     }
     if ((status = layer_linear(att, m, hd, p + 5, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
-    rms_norm(x, (const float*)p[9], eps, m, d_model, h);
+    for (long i = 0; i < m; i++) rms_norm_row(x + i * d_model, (const float*)p[9], eps, d_model, h + i * d_model);
     if ((status = layer_linear(h, m, d_model, p + 10, gu, 2 * d_ff, threads))) break;
-    for (long i = 0; i < m; i++) /* SiLU(gate) * up */
-      for (long j = 0; j < d_ff; j += 16) {
-        __mmask16 k = tail(d_ff, j);
-        __m512 g = _mm512_maskz_loadu_ps(k, gu + i * 2 * d_ff + j), u = _mm512_maskz_loadu_ps(k, gu + i * 2 * d_ff + d_ff + j);
-        _mm512_mask_storeu_ps(act + i * d_ff + j, k, _mm512_mul_ps(silu16(g), u));
-      }
+    for (long i = 0; i < m; i++) silu_mul_row(gu + i * 2 * d_ff, gu + i * 2 * d_ff + d_ff, d_ff, act + i * d_ff);
     if ((status = layer_linear(act, m, d_ff, p + 14, out, d_model, threads))) break;
     for (long i = 0; i < m * d_model; i++) x[i] += out[i];
   }
