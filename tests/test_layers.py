@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmforge.models import native
 from lmforge.models.layers import (
     Block,
     CrossAttention,
@@ -19,6 +20,7 @@ from lmforge.models.layers import (
     attention_mask,
     attention_reference,
     decode_positions_and_mask,
+    fused_kernels,
     make_norm,
     repeat_kv,
     scaled_dot_product_attention,
@@ -376,3 +378,31 @@ def test_decode_positions_and_mask():
         token, key_valid=key_valid, cache=cache, cache_index=torch.tensor([3])
     )
     assert mask[:, 0].tolist() == [[[False, True, True, True, False]], [[True, True, True, True, False]]]
+
+
+@pytest.mark.skipif(native.library("fused") is None, reason="no native build of kernels/fused.c")
+def test_inference_paths_are_the_formulas():
+    """Without gradients the element-wise layers run in C (kernels/fused.c), K/V heads are read in place
+    by grouped attention and the residual sum lands in the sub-layer's output: the same values."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        assert fused_kernels(torch.zeros(1)) is not None
+        x = torch.randn(3, 7, 40) * 3
+        norm = make_norm("rmsnorm", 40, 1e-5, bias=False)
+        norm.weight.uniform_(0.5, 1.5)
+        r = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+        torch.testing.assert_close(norm(x), r, rtol=1e-6, atol=1e-6)
+        qkv = torch.randn(2, 5, 6 * 16)  # q as a strided view of a fused projection, as attention has it
+        q = qkv[..., : 4 * 16].view(2, 5, 4, 16).transpose(1, 2)
+        rope = RotaryEmbedding(16, 32)
+        cos, sin = rope(torch.tensor([[3, 4, 5, 6, 7], [0, 1, 2, 9, 10]]))
+        half = torch.cat([-q[..., 8:], q[..., :8]], -1)
+        torch.testing.assert_close(apply_rotary(q, cos, sin), q * cos + half * sin, rtol=1e-6, atol=1e-6)
+        glu = SwiGLU(40, 24, bias=False)
+        gate, up = x @ glu.gate_up.weight[:24].T, x @ glu.gate_up.weight[24:].T
+        torch.testing.assert_close(glu(x), (gate * torch.sigmoid(gate) * up) @ glu.proj.weight.T)
+        attn = MultiHeadAttention(d_model=40, n_head=4, n_kv_head=2, head_dim=10, bias=False, causal=True)
+        block = Block(attn, glu, make_norm("rmsnorm", 40, 1e-5, False), make_norm("rmsnorm", 40, 1e-5, False))
+        fast = block(x)
+    slow = block(x)  # with gradients: PyTorch's operations, repeat_kv, a new tensor for each sum
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)

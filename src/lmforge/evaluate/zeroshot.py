@@ -24,6 +24,7 @@ import re
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -72,10 +73,10 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def read_hellaswag(folder: Path) -> list[Item]:
+def read_hellaswag(folder: Path, limit: int | None = None) -> list[Item]:
     """``hellaswag_val_full.txt.bz2``: 6 lines per item (context, gold label, 4 endings)."""
     path = folder / "hellaswag" / "hellaswag_val_full.txt.bz2"
-    lines = [line.rstrip("\n") for _, line in _lines(path)]
+    lines = [line.rstrip("\n") for _, line in islice(_lines(path), None if limit is None else 6 * limit)]
     if len(lines) % 6:
         raise LmforgeError(f"{path}: {len(lines)} lines, not 6 per item")
     items = []
@@ -88,12 +89,12 @@ def read_hellaswag(folder: Path) -> list[Item]:
     return items
 
 
-def _read_arc(name: str) -> Callable[[Path], list[Item]]:
-    def read(folder: Path) -> list[Item]:
+def _read_arc(name: str) -> Callable[[Path, int | None], list[Item]]:
+    def read(folder: Path, limit: int | None = None) -> list[Item]:
         """ARC JSON lines {query: "Question: ...", choices, gold}; prompt query + "\\nAnswer:"."""
         path = folder / "arc" / f"{name}_test.jsonl"
         items = []
-        for n, r in _json_lines(path):
+        for n, r in islice(_json_lines(path), limit):
             choices = _field(path, n, r, "choices")
             query, gold = _field(path, n, r, "query"), _field(path, n, r, "gold")
             items.append(Item([query + "\nAnswer:"], choices, gold, [len(c) for c in choices]))
@@ -106,24 +107,25 @@ def _labels(path: Path) -> list[str]:
     return [line.strip() for _, line in _lines(path) if line.strip()]
 
 
-def read_piqa(folder: Path) -> list[Item]:
+def read_piqa(folder: Path, limit: int | None = None) -> list[Item]:
     """PIQA valid.jsonl {goal, sol1, sol2} + valid-labels.lst; prompt "Question: goal\\nAnswer:"."""
     path = folder / "piqa" / "valid.jsonl"
     labels = _labels(folder / "piqa" / "valid-labels.lst")
     items = []
-    for (n, r), label in zip(_json_lines(path), labels, strict=True):
+    records = list(islice(_json_lines(path), limit))
+    for (n, r), label in zip(records, labels if limit is None else labels[: len(records)], strict=True):
         choices = [_field(path, n, r, "sol1"), _field(path, n, r, "sol2")]
         context = f"Question: {_field(path, n, r, 'goal')}\nAnswer:"
         items.append(Item([context], choices, int(label), [len(c) for c in choices]))
     return items
 
 
-def read_winogrande(folder: Path) -> list[Item]:
+def read_winogrande(folder: Path, limit: int | None = None) -> list[Item]:
     """WinoGrande dev.jsonl {sentence with one "_", option1, option2, answer "1"|"2"}: each option fills
     the blank (its own context); the continuation is the rest of the sentence."""
     path = folder / "winogrande" / "dev.jsonl"
     items = []
-    for n, r in _json_lines(path):
+    for n, r in islice(_json_lines(path), limit):
         sentence = _field(path, n, r, "sentence")
         if "_" not in sentence:
             raise LmforgeError(f"{path}:{n}: the sentence has no '_' blank")
@@ -135,17 +137,18 @@ def read_winogrande(folder: Path) -> list[Item]:
     return items
 
 
-def read_lambada(folder: Path) -> list[Item]:
+def read_lambada(folder: Path, limit: int | None = None) -> list[Item]:
     """LAMBADA (OpenAI's) JSON lines {context, continuation}: the passage split at its last space."""
     path = folder / "lambada" / "lambada_openai.jsonl.gz"
     items = []
-    for n, r in _json_lines(path):
+    for n, r in islice(_json_lines(path), limit):
         word = _field(path, n, r, "continuation")
         items.append(Item([_field(path, n, r, "context")], [word], 0, [len(word)]))
     return items
 
 
-TASKS: dict[str, Callable[[Path], list[Item]]] = {
+# each reads a task's file (its first ``limit`` items, or all): task -> read(folder, limit=None)
+TASKS: dict[str, Callable[[Path, int | None], list[Item]]] = {
     "hellaswag": read_hellaswag,
     "arc_easy": _read_arc("arc_easy"),
     "arc_challenge": _read_arc("arc_challenge"),
@@ -204,7 +207,7 @@ def run_task(
     """One task end to end: read, score, metrics; the result holds every item's log-likelihoods."""
     if task not in TASKS:
         raise LmforgeError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    items = TASKS[task](Path(data))[:limit]
+    items = TASKS[task](Path(data), limit)
     scores = score_items(model, tokenizer, items, batch_tokens, desc=task)
     logliks = [[s.loglik for s in question] for question in scores]
     greedy = [[s.greedy for s in question] for question in scores]

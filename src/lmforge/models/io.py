@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,15 +74,33 @@ def tied_parameters(model: nn.Module) -> dict[str, str]:
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; when lmforge wrote it, checked against its stored checksum."""
+    state, verify = _read_checking(path)
+    verify()
+    return state
+
+
+def _read_checking(path: Path) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+    """The tensors, and what raises ``IntegrityError`` unless they match the stored checksum: it is
+    computed on another thread meanwhile (hashlib releases the GIL), so loading them into a model
+    overlaps it (half a second of a 135M model's load)."""
     try:
         state = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             stored = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, ValueError) as e:
         raise LmforgeError(f"{path}: cannot read safetensors ({e})") from None
-    if stored is not None and digest(state) != stored:
-        raise IntegrityError(f"{path}: checksum mismatch, the file is damaged")
-    return state
+    found: list[str] = []
+    worker = threading.Thread(target=lambda: found.append(digest(state)), daemon=True)
+    if stored is not None:
+        worker.start()
+
+    def verify() -> None:
+        if stored is not None:
+            worker.join()
+            if found != [stored]:
+                raise IntegrityError(f"{path}: checksum mismatch, the file is damaged")
+
+    return state, verify
 
 
 def save_model(
@@ -173,7 +191,7 @@ def load_model(
         from lmforge.models.quant import QuantSpec, quantize_model
 
         quantize_model(model, QuantSpec(**quantization))
-    state = read_safetensors(d / "model.safetensors")
+    state, verify = _read_checking(d / "model.safetensors")
     check_state_dict(model_state_dict(model), state, str(d / "model.safetensors"))
     tied = tied_parameters(model)
     model = model.to_empty(device=device)  # materialises each parameter separately: re-tie after
@@ -188,4 +206,5 @@ def load_model(
         model = model.to(dtype)
     has_tok = (d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()
     tokenizer = Tokenizer.load(d) if has_tok else None
+    verify()
     return model.eval(), tokenizer

@@ -570,7 +570,10 @@ class Block(nn.Module):
     def sublayer(self, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
         """x + Dropout(f(Norm(x))) (pre-norm) or Norm(x + Dropout(f(x))) (post-norm)."""
         if self.norm_position == "pre":
-            return x + self.drop(f(norm(x)))
+            out = self.drop(f(norm(x)))
+            if not torch.is_grad_enabled() and out.shape == x.shape and out.dtype == x.dtype and out is not x:
+                return out.add_(x)  # inference: the sub-layer's fresh output takes x + out, bit for bit
+            return x + out
         return norm(x + self.drop(f(x)))
 
     def forward(

@@ -75,25 +75,32 @@ static void split(const float* v, long k, long kp, int terms, uint16_t* out, lon
   }
 }
 
-/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values; 0 when out of memory */
+/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values; 0 when out of memory.
+ * 16 rows at a time (a strip): split into terms, then each tile row gathered, the 16 rows' pair of
+ * inputs (2i, 2i + 1) of one term */
 int lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, int threads) {
-  long kp = round32(k), np = round32(n), kb = kp / 32;
+  long kp = round32(k), np = round32(n), kb = kp / 32, per = terms * kp; /* bf16 values a row's terms fill */
   int ok = 1;
 #pragma omp parallel num_threads(threads)
   {
-    uint16_t* row = malloc(sizeof(uint16_t) * terms * kp);
-    if (row == NULL) ok = 0;
+    uint16_t* rows = aligned_alloc(64, sizeof(uint16_t) * 16 * per);
+    if (rows == NULL) ok = 0;
+    __m512i lane = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                      _mm512_set1_epi32((int)(per / 2)));
 #pragma omp for schedule(static)
-    for (long j = 0; j < np; j++) {
-      if (row == NULL) continue;
-      split(j < n ? w + j * k : NULL, k, kp, terms, row, kp, 32);
-      uint32_t* base = (uint32_t*)(out + (j / 16) * kb * terms * TILE + (j % 16) * 2);
-      for (int t = 0; t < terms; t++) /* a tile row holds 16 columns' pairs of inputs (2i, 2i + 1) */
-        for (long i = 0; i < kp; i += 2)
-          base[((i / 32) * terms + t) * (TILE / 2) + (i % 32 / 2) * 16] =
-              row[t * kp + i] | (uint32_t)row[t * kp + i + 1] << 16;
+    for (long strip = 0; strip < np / 16; strip++) {
+      if (rows == NULL) continue;
+      for (long r = 0; r < 16; r++) {
+        long j = strip * 16 + r;
+        split(j < n ? w + j * k : NULL, k, kp, terms, rows + r * per, kp, 32);
+      }
+      uint32_t* o = (uint32_t*)(out + strip * kb * terms * TILE);
+      for (long i = 0; i < kb; i++)
+        for (int t = 0; t < terms; t++)
+          for (long p = 0; p < 16; p++, o += 16) /* tile row p: inputs 32i + 2p, 32i + 2p + 1 */
+            _mm512_storeu_si512(o, _mm512_i32gather_epi32(lane, (const int*)(rows + t * kp + i * 32 + 2 * p), 4));
     }
-    free(row);
+    free(rows);
   }
   return ok;
 }
@@ -134,7 +141,9 @@ static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int te
 void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long n, int terms, const float* bias,
                         float* y, uint16_t* a, int threads) {
   long kp = round32(k), mp = round32(m), kb = kp / 32, mb = mp / 32, nb = round32(n) / 32;
-  long tasks_n = (nb + NC - 1) / NC, tasks = (mb + MC - 1) / MC * tasks_n;
+  /* few rows (the output layer on the tokens scored): all in one task's rows, so the weights stream once */
+  long mc = mb <= 2 * MC ? mb : MC, nc = mb <= 2 * MC ? NC / 2 : NC;
+  long tasks_n = (nb + nc - 1) / nc, tasks = (mb + mc - 1) / mc * tasks_n;
 #pragma omp parallel num_threads(threads)
   {
     float edge[1024] __attribute__((aligned(64))); /* a block that reaches past y's last row or column */
@@ -145,8 +154,8 @@ void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long 
     configure();
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < tasks; task++) { /* a chunk of rows x a chunk of columns */
-      long i0 = task / tasks_n * MC, i1 = i0 + MC < mb ? i0 + MC : mb;
-      long j0 = task % tasks_n * NC, j1 = j0 + NC < nb ? j0 + NC : nb;
+      long i0 = task / tasks_n * mc, i1 = i0 + mc < mb ? i0 + mc : mb;
+      long j0 = task % tasks_n * nc, j1 = j0 + nc < nb ? j0 + nc : nb;
       for (long i = i0; i < i1; i++) {
         for (long j = j0; j < j1; j++) {
           int inside = (i + 1) * 32 <= m && (j + 1) * 32 <= n;

@@ -28,7 +28,10 @@ static inline __m512 exp16(__m512 x) {
 
 /* SiLU, 16 at a time: x / (1 + e^-x) */
 static inline __m512 silu16(__m512 x) {
-  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+  __m512 d = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+  __m512 r = _mm512_rcp14_ps(d); /* 1 / d to 14 bits, then one Newton step (28): cheaper than a division */
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+  return _mm512_mul_ps(x, r);
 }
 
 /* one row of y = x / sqrt(mean(x^2) + eps) * g (as lmforge.models.layers.RMSNorm: (x * r) * g), the sum of
