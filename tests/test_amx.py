@@ -92,6 +92,17 @@ def test_gradients_other_dtypes_and_changed_weights(model):
             torch.testing.assert_close(layer(x), 2 * first, rtol=1e-4, atol=1e-4)
 
 
+def test_empty_inputs_and_a_trained_bias_are_left_to_pytorch():
+    net = nn.Sequential(nn.Linear(40, 24))
+    net[0].weight.requires_grad_(False)  # bias-only fine-tuning: the bias needs its gradient
+    x = torch.randn(5, 40)
+    with amx.fp32_on_amx(net):
+        with torch.no_grad():
+            assert net(torch.empty(0, 40)).shape == (0, 24)
+        net(x).sum().backward()
+    torch.testing.assert_close(net[0].bias.grad, torch.full((24,), 5.0))
+
+
 def test_other_dtypes_are_left_to_pytorch():
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(40, 24)).double()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.models.native import library
+from lmforge.models.quant import stamp
 
 TERMS = {"bf16x6": 3, "bf16x3": 2}  # precision: bf16 terms per value
 
@@ -39,15 +40,10 @@ def available() -> bool:
     return _amx() is not None
 
 
-def stamp(t: Tensor) -> tuple:
-    """What identifies a weight's values: its storage, shape and version (an in-place change bumps it)."""
-    return (t.untyped_storage().data_ptr(), t.data_ptr(), tuple(t.shape), t._version)
-
-
 def pack(weight: Tensor, terms: int) -> Tensor:
     """``weight`` (N, K) fp32 split into ``terms`` bf16 terms and laid out as AMX tiles."""
     n, k = weight.shape
-    out = torch.empty(_round32(n) * _round32(k) * terms, dtype=torch.int16)
+    out = torch.empty(_round32(n) * _round32(k) * terms, dtype=torch.int16, device="cpu")
     w = weight.detach().contiguous()
     if not _amx().lmforge_amx_pack(w.data_ptr(), n, k, terms, out.data_ptr(), torch.get_num_threads()):
         raise MemoryError("lmforge_amx_pack: out of memory")
@@ -58,8 +54,10 @@ def linear(x: Tensor, packed: Tensor, terms: int, n: int, bias: Tensor | None) -
     """x (..., K) fp32 times the packed (N, K) weight, plus ``bias``."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     m, k = rows.shape
-    y = torch.empty(m, n, dtype=torch.float32)
-    work = torch.empty(terms * _round32(m) * _round32(k), dtype=torch.int16)  # x's terms (64-byte aligned)
+    y = torch.empty(m, n, dtype=torch.float32, device="cpu")
+    work = torch.empty(
+        terms * _round32(m) * _round32(k), dtype=torch.int16, device="cpu"
+    )  # x's terms (64-byte aligned)
     b = bias.detach().contiguous() if bias is not None else None
     _amx().lmforge_amx_linear(
         rows.data_ptr(), m, k, packed.data_ptr(), n, terms, b.data_ptr() if b is not None else None,
@@ -69,12 +67,14 @@ def linear(x: Tensor, packed: Tensor, terms: int, n: int, bias: Tensor | None) -
 
 
 def _forward(module: nn.Linear, terms: int, x: Tensor) -> Tensor:
-    w = module.weight
-    if not (x.dtype == w.dtype == torch.float32 and x.device.type == w.device.type == "cpu"):
+    w, b = module.weight, module.bias
+    if not (x.dtype == w.dtype == torch.float32 and x.device.type == w.device.type == "cpu") or not (
+        x.numel() and w.numel()
+    ):
         return nn.Linear.forward(module, x)
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
         return nn.Linear.forward(module, x)
-    key = (terms, stamp(w))
+    key = (terms, tuple(w.shape), stamp(w))
     if getattr(module, "_amx", (None,))[0] != key:
         module._amx = (key, pack(w, terms))
     return linear(x, module._amx[1], terms, module.out_features, module.bias)

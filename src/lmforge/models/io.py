@@ -89,14 +89,23 @@ def _read_checking(path: Path) -> tuple[dict[str, torch.Tensor], Callable[[], No
             stored = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, ValueError) as e:
         raise LmforgeError(f"{path}: cannot read safetensors ({e})") from None
-    found: list[str] = []
-    worker = threading.Thread(target=lambda: found.append(digest(state)), daemon=True)
+    found: list = []  # the digest, or what stopped it
+
+    def check() -> None:
+        try:
+            found.append(digest(state))
+        except BaseException as e:  # raised again by verify, in the caller's thread
+            found.append(e)
+
+    worker = threading.Thread(target=check, daemon=True)
     if stored is not None:
         worker.start()
 
     def verify() -> None:
         if stored is not None:
             worker.join()
+            if isinstance(found[0], BaseException):
+                raise found[0]
             if found != [stored]:
                 raise IntegrityError(f"{path}: checksum mismatch, the file is damaged")
 

@@ -41,16 +41,23 @@ def scaled_dot_product_attention(
 ) -> Tensor:
     """The same softmax(QK^T/sqrt(d_k))V through PyTorch's fused kernels (flash / memory-efficient);
     ``grouped``: k and v have fewer heads than q, each serving a group of query heads (no copies)."""
+    gqa = {"enable_gqa": True} if grouped else {}  # the keyword exists from torch 2.5
     if _slow_bf16_backward(q):
         if mask is not None and mask.is_floating_point():
             mask = mask.float()
         with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
             out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p
+                q.float(),
+                k.float(),
+                v.float(),
+                attn_mask=mask,
+                is_causal=is_causal,
+                dropout_p=dropout_p,
+                **gqa,
             )
         return out.to(torch.bfloat16)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=grouped
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, **gqa
     )
 
 
@@ -250,7 +257,9 @@ def multi_head_attention(
     """
     b, h, t, d = q.shape
     s = k.size(2)
-    grouped = not torch.is_grad_enabled() and k.size(1) < h  # the kernel reads each K/V head for its group
+    # without gradients, on the CPU: the kernel reads each K/V head for its group (no copies); CUDA's
+    # fused kernels with a mask do not take grouped heads
+    grouped = not torch.is_grad_enabled() and k.size(1) < h and q.device.type == "cpu"
     if not grouped:
         k, v = repeat_kv(k, h // k.size(1)), repeat_kv(v, h // v.size(1))
     is_causal = causal and mask is None and t > 1  # one query, the last key: it sees them all
@@ -400,7 +409,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     if lib is not None and x.dim() == 4 and x.stride(-1) == 1:
         b, h, t, d = x.shape
         if cos.shape == sin.shape == (b, 1, t, d) and cos.is_contiguous() and sin.is_contiguous():
-            y = torch.empty(b, h, t, d)
+            y = x.new_empty(b, h, t, d)
             strides = x.stride()[:3]
             lib.lmforge_rotary(
                 x.data_ptr(),
@@ -525,7 +534,7 @@ class SwiGLU(nn.Module):
         lib = fused_kernels(gate_up)
         if lib is not None and gate_up.is_contiguous():
             f = gate_up.size(-1) // 2
-            act = torch.empty(*gate_up.shape[:-1], f)
+            act = gate_up.new_empty(*gate_up.shape[:-1], f)
             lib.lmforge_silu_mul(
                 gate_up.data_ptr(), gate_up.numel() // (2 * f), f, act.data_ptr(), torch.get_num_threads()
             )
@@ -570,10 +579,7 @@ class Block(nn.Module):
     def sublayer(self, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
         """x + Dropout(f(Norm(x))) (pre-norm) or Norm(x + Dropout(f(x))) (post-norm)."""
         if self.norm_position == "pre":
-            out = self.drop(f(norm(x)))
-            if not torch.is_grad_enabled() and out.shape == x.shape and out.dtype == x.dtype and out is not x:
-                return out.add_(x)  # inference: the sub-layer's fresh output takes x + out, bit for bit
-            return x + out
+            return x + self.drop(f(norm(x)))
         return norm(x + self.drop(f(x)))
 
     def forward(

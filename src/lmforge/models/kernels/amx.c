@@ -141,6 +141,7 @@ static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int te
 void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long n, int terms, const float* bias,
                         float* y, uint16_t* a, int threads) {
   long kp = round32(k), mp = round32(m), kb = kp / 32, mb = mp / 32, nb = round32(n) / 32;
+  if (m <= 0 || n <= 0 || k <= 0) return; /* nothing to compute (amx.py sends these to PyTorch) */
   /* few rows (the output layer on the tokens scored): all in one task's rows, so the weights stream once */
   long mc = mb <= 2 * MC ? mb : MC, nc = mb <= 2 * MC ? NC / 2 : NC;
   long tasks_n = (nb + nc - 1) / nc, tasks = (mb + mc - 1) / mc * tasks_n;

@@ -16,8 +16,8 @@
 
 #include "common.h"
 
-#if !defined(__AVX512F__)
-#error "this kernel needs AVX512F"
+#if !defined(__AVX512F__) || !defined(__AVX512DQ__)
+#error "this kernel needs AVX512F and AVX512DQ"
 #endif
 
 #define ROWS 6 /* rows of x per tile: 6 rows x 4 blocks of 16 outputs = 24 accumulators in registers */
@@ -241,12 +241,16 @@ int lmforge_logz_topk(const float* x, long n, long v, long k, float* logz, float
       }
     }
     float mx = _mm512_reduce_max_ps(hi);
-    __m512 sum = _mm512_setzero_ps(), mv = _mm512_set1_ps(mx);
+    __m512 mv = _mm512_set1_ps(mx);
+    __m512d lo = _mm512_setzero_pd(), up = _mm512_setzero_pd(); /* summed in double: a sum of 50k terms in
+                                                                  * float drifts by 1e-5 of itself */
     for (long j = 0; j < v; j += 16) {
       __mmask16 m = tail(v, j);
-      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xi + j), mv))));
+      __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xi + j), mv)));
+      lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+      up = _mm512_add_pd(up, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
     }
-    logz[i] = isfinite(mx) ? mx + logf(_mm512_reduce_add_ps(sum)) : mx;
+    logz[i] = isfinite(mx) ? (float)(mx + log(_mm512_reduce_add_pd(lo) + _mm512_reduce_add_pd(up))) : mx;
   }
   return nan ? -1 : 0;
 }
