@@ -36,6 +36,19 @@ def test_split_products_are_as_exact_as_fp32(shape):
     assert relative_error(no_bias, ref - b.double()) <= 3 * fp32 + 1e-7
 
 
+def test_weights_that_are_bf16_skip_their_zero_terms_exactly():
+    """A weight that is a bf16 (as most checkpoints store them) has zero second and third terms: those
+    products are skipped per 16 x 32 tile, the others kept (rows and inputs mixed here)."""
+    torch.manual_seed(4)
+    x, w = torch.randn(70, 200) * 3, torch.randn(48, 200) * 0.05
+    w[:16] = w[:16].bfloat16().float()  # a strip of bf16 weights
+    w[16:, :64] = w[16:, :64].bfloat16().float()  # the first two 32-input tiles of the others
+    ref = x.double() @ w.double().T
+    fp32 = relative_error(x @ w.T, ref)
+    assert relative_error(amx.linear(x, amx.pack(w, 3), 3, 48, None), ref) <= 3 * fp32 + 1e-7
+    assert relative_error(amx.linear(x, amx.pack(w, 2), 2, 48, None), ref) < 2e-5
+
+
 def test_batched_inputs_keep_their_leading_shape():
     torch.manual_seed(1)
     x, w = torch.randn(2, 3, 40), torch.randn(24, 40)

@@ -43,7 +43,8 @@ def available() -> bool:
 def pack(weight: Tensor, terms: int) -> Tensor:
     """``weight`` (N, K) fp32 split into ``terms`` bf16 terms and laid out as AMX tiles."""
     n, k = weight.shape
-    out = torch.empty(_round32(n) * _round32(k) * terms, dtype=torch.int16, device="cpu")
+    tiles, used = _round32(n) * _round32(k) * terms, _round32(n) // 16 * _round32(k) // 32  # (bytes)
+    out = torch.empty(tiles + (used + 1) // 2, dtype=torch.int16, device="cpu")
     w = weight.detach().contiguous()
     if not _amx().lmforge_amx_pack(w.data_ptr(), n, k, terms, out.data_ptr(), torch.get_num_threads()):
         raise MemoryError("lmforge_amx_pack: out of memory")

@@ -75,7 +75,15 @@ static void split(const float* v, long k, long kp, int terms, uint16_t* out, lon
   }
 }
 
-/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values; 0 when out of memory.
+/* after the tiles of the packed weights: for each 16 columns x 32 inputs, the number of w's terms not all
+ * zero (the first one always counted): a weight that is a bf16 (most checkpoints) needs one, and the
+ * products with its zero terms are skipped */
+static inline uint8_t* used(const uint16_t* w, long np, long kb, int terms) {
+  return (uint8_t*)(w + np * kb * 32 * terms);
+}
+
+/* w (n, k) fp32 into the layout above: round32(n) * round32(k) * terms bf16 values, then
+ * round32(n) / 16 * round32(k) / 32 bytes of used terms; 0 when out of memory.
  * 16 rows at a time (a strip): split into terms, then each tile row gathered, the 16 rows' pair of
  * inputs (2i, 2i + 1) of one term */
 int lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, int threads) {
@@ -99,6 +107,15 @@ int lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, i
         for (int t = 0; t < terms; t++)
           for (long p = 0; p < 16; p++, o += 16) /* tile row p: inputs 32i + 2p, 32i + 2p + 1 */
             _mm512_storeu_si512(o, _mm512_i32gather_epi32(lane, (const int*)(rows + t * kp + i * 32 + 2 * p), 4));
+      for (long i = 0; i < kb; i++) { /* the terms the 16 x 32 weights need: 1 when each is a bf16 */
+        int need = 1;
+        for (int t = terms - 1; t > 0 && need == 1; t--) {
+          __m512i any = _mm512_setzero_si512();
+          for (long r = 0; r < 16; r++) any = _mm512_or_si512(any, _mm512_loadu_si512(rows + r * per + t * kp + i * 32));
+          if (_mm512_test_epi32_mask(any, any)) need = t + 1;
+        }
+        used(out, np, kb, terms)[strip * kb + i] = (uint8_t)need;
+      }
     }
     free(rows);
   }
@@ -109,19 +126,25 @@ int lmforge_amx_pack(const float* w, long n, long k, int terms, uint16_t* out, i
  * terms as tiles, b = the first of the columns' two 16-column strips of w. The products run pair by pair
  * (x's term s, w's term t), for each 32 inputs; a tile is loaded for the next pair as soon as this pair's
  * last product that reads it has started, so the loads overlap the products (no tile is renamed) */
-static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int terms, float* c, long ldc) {
-  int ps[6], pt[6], pairs = 0;
-  for (int t = 0; t < terms; t++) /* w's term t meets x's terms 0 .. terms-1-t */
+static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int terms, const uint8_t* u1,
+                  const uint8_t* u2, float* c, long ldc) {
+  int ps[6], pt[6], upto[4] = {0}, pairs = 0; /* upto[T]: the pairs that meet w's first T terms */
+  for (int t = 0; t < terms; t++) { /* w's term t meets x's terms 0 .. terms-1-t */
     for (int s = 0; s < terms - t; s++) ps[pairs] = s, pt[pairs] = t, pairs++;
+    upto[t + 1] = pairs;
+  }
   const uint16_t* a2 = a + 16 * kp * terms; /* the second 16 rows */
   const uint16_t* b2 = b + kb * terms * TILE; /* the second 16 columns */
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   _tile_loadd(4, a + ps[0] * TILE, 64); _tile_loadd(5, a2 + ps[0] * TILE, 64);
   _tile_loadd(6, b + pt[0] * TILE, 64); _tile_loadd(7, b2 + pt[0] * TILE, 64);
-  for (long n = 1; n <= kb * pairs; n++) { /* step n - 1 computes; step n's tiles load */
-    long i = n / pairs, p = n % pairs, more = n < kb * pairs;
-    int new_b = more && (p == 0 || pt[p] != pt[p - 1]);
-    long at = (i * terms + ps[p]) * TILE, bt = (i * terms + pt[p]) * TILE;
+  long i = 0;
+  int p = 0, count = upto[u1[0] > u2[0] ? u1[0] : u2[0]];
+  for (;;) { /* pair p of inputs i computes; the next pair's tiles load */
+    long ni = p + 1 < count ? i : i + 1;
+    int np = p + 1 < count ? p + 1 : 0, more = ni < kb;
+    int new_b = more && (np == 0 || pt[np] != pt[np - 1]);
+    long at = (ni * terms + ps[np]) * TILE, bt = (ni * terms + pt[np]) * TILE;
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(2, 5, 6);
     if (new_b) _tile_loadd(6, b + bt, 64);
@@ -130,6 +153,9 @@ static void block(const uint16_t* a, long kp, const uint16_t* b, long kb, int te
     _tile_dpbf16ps(3, 5, 7);
     if (more) _tile_loadd(5, a2 + at, 64);
     if (new_b) _tile_loadd(7, b2 + bt, 64);
+    if (!more) break;
+    if (ni != i) count = upto[u1[ni] > u2[ni] ? u1[ni] : u2[ni]];
+    i = ni, p = np;
   }
   _tile_stored(0, c, ldc * 4); _tile_stored(1, c + 16, ldc * 4);
   _tile_stored(2, c + 16 * ldc, ldc * 4); _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
@@ -161,7 +187,8 @@ void lmforge_amx_linear(const float* x, long m, long k, const uint16_t* w, long 
         for (long j = j0; j < j1; j++) {
           int inside = (i + 1) * 32 <= m && (j + 1) * 32 <= n;
           float* c = inside ? y + i * 32 * n + j * 32 : edge;
-          block(a + i * 32 * kp * terms, kp, w + 2 * j * kb * terms * TILE, kb, terms, c, inside ? n : 32);
+          const uint8_t* u = used(w, nb * 32, kb, terms) + 2 * j * kb;
+          block(a + i * 32 * kp * terms, kp, w + 2 * j * kb * terms * TILE, kb, terms, u, u + kb, c, inside ? n : 32);
           if (inside && !bias) continue;
           for (long r = 0; r < 32 && i * 32 + r < m; r++) { /* copy out what lies inside y, add the bias */
             float* out = y + (i * 32 + r) * n + j * 32;
