@@ -41,7 +41,8 @@ def available() -> bool:
 
 
 def pack(weight: Tensor, terms: int) -> Tensor:
-    """``weight`` (N, K) fp32 split into ``terms`` bf16 terms and laid out as AMX tiles."""
+    """``weight`` (N, K) fp32 split into ``terms`` bf16 terms and laid out as AMX tiles, followed by the
+    number of terms each 16 x 32 tile needs (one where the weights are bf16)."""
     n, k = weight.shape
     tiles, used = _round32(n) * _round32(k) * terms, _round32(n) // 16 * _round32(k) // 32  # (bytes)
     out = torch.empty(tiles + (used + 1) // 2, dtype=torch.int16, device="cpu")
@@ -56,9 +57,8 @@ def linear(x: Tensor, packed: Tensor, terms: int, n: int, bias: Tensor | None) -
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     m, k = rows.shape
     y = torch.empty(m, n, dtype=torch.float32, device="cpu")
-    work = torch.empty(
-        terms * _round32(m) * _round32(k), dtype=torch.int16, device="cpu"
-    )  # x's terms (64-byte aligned)
+    terms_of_x = terms * _round32(m) * _round32(k)  # laid out by the kernel (PyTorch aligns to 64 bytes)
+    work = torch.empty(terms_of_x, dtype=torch.int16, device="cpu")
     b = bias.detach().contiguous() if bias is not None else None
     _amx().lmforge_amx_linear(
         rows.data_ptr(), m, k, packed.data_ptr(), n, terms, b.data_ptr() if b is not None else None,
